@@ -1,0 +1,395 @@
+"""The Clustering Module (CM): head, loss and centroid rules of SuperCM.
+
+This file depends on PyTorch only; copy it into any project to use SuperCM
+without the rest of the package.
+
+Notation (n samples, d feature dimensions, K classes = clusters)::
+
+    x      (n, d)   features from the backbone
+    logits (n, K)   (W x + b) / T            -- the CM encoder; it *is* the classifier
+    γ      (n, K)   softmax(logits)          -- responsibilities (soft assignments)
+    μ      (K, d)   centroids
+    x̃      (n, d)   γ μ                      -- the CM decoder's reconstruction
+
+    E1 =  Σ_i ‖x_i − x̃_i‖²                              reconstruction
+    E2 = +Σ_k (Σ_i γ_ik (1 − γ_ik)) ‖μ_k‖²               sparsity
+    E3 = −Σ_{k≠l} (ΓᵀΓ)_kl μ_kᵀ μ_l                      cluster merging
+    E4 =  Σ_k (1 − α_k) log((1/n) Σ_i γ_ik + ε)          Dirichlet prior
+    L_CM = (E1 + E2 + E3) / (n·d) + E4
+
+With α = 1 (SuperCM), E1 + E2 + E3 = Σ_i Σ_k γ_ik ‖x_i − μ_k‖²: a soft k-means
+objective whose assignments come from the encoder.
+
+Example::
+
+    >>> import torch
+    >>> from supercm import ClusteringModule, cm_loss
+    >>> head = ClusteringModule(in_features=16, num_classes=3)
+    >>> x, y = torch.randn(8, 16), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    >>> head.update_centroids(x[:6], y[:6])      # labeled features, no gradient
+    >>> out = head(x)                            # labeled + unlabeled features
+    >>> loss = torch.nn.functional.cross_entropy(out.logits[:6], y[:6]) + 0.2 * head.loss(x, out)
+    >>> loss.backward()
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "CENTROID_RULES",
+    "CMLossTerms",
+    "CMOutput",
+    "ClusteringModule",
+    "class_sums",
+    "cm_loss",
+    "cm_loss_terms",
+]
+
+#: Names accepted by ``ClusteringModule(centroids=...)``.
+CENTROID_RULES = ("paper", "mean", "ema", "learned")
+
+
+class CMOutput(NamedTuple):
+    """What :class:`ClusteringModule` returns.
+
+    logits (n, K): encoder output divided by the temperature; use it as the classifier.
+    responsibilities (n, K): γ = softmax(logits).
+    reconstruction (n, d): x̃ = γ μ.
+    """
+
+    logits: Tensor
+    responsibilities: Tensor
+    reconstruction: Tensor
+
+
+class CMLossTerms(NamedTuple):
+    """The four terms of the CM loss, already scaled as they enter it.
+
+    ``e1``, ``e2`` and ``e3`` are divided by n·d; ``e4`` is not normalised.
+    ``total`` = e1 + e2 + e3 + e4 = L_CM.
+    """
+
+    e1: Tensor
+    e2: Tensor
+    e3: Tensor
+    e4: Tensor
+
+    @property
+    def total(self) -> Tensor:
+        return self.e1 + self.e2 + self.e3 + self.e4
+
+
+def _check_2d(name: str, t: Tensor, rows: int | None = None, cols: int | None = None) -> None:
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dim() != 2:
+        raise ValueError(
+            f"{name} must be 2-D, got shape {tuple(t.shape)}; flatten the backbone output "
+            f"to (batch, features) first, e.g. with torch.flatten(x, 1)"
+        )
+    if rows is not None and t.shape[0] != rows:
+        raise ValueError(f"{name} has {t.shape[0]} rows, expected {rows} (one per sample)")
+    if cols is not None and t.shape[1] != cols:
+        raise ValueError(f"{name} has {t.shape[1]} columns, expected {cols}")
+    if t.shape[0] == 0:
+        raise ValueError(f"{name} is empty: a batch needs at least one sample")
+
+
+def _check_finite(name: str, t: Tensor) -> None:
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(
+            f"{name} contains NaN or Inf; the backbone diverged or the input is corrupt "
+            f"(lower the learning rate or check the data)"
+        )
+
+
+def cm_loss_terms(
+    features: Tensor,
+    responsibilities: Tensor,
+    centroids: Tensor,
+    alpha: float | Tensor = 1.0,
+    *,
+    reconstruction: Tensor | None = None,
+    eps: float = 1e-8,
+    check_inputs: bool = True,
+) -> CMLossTerms:
+    """The CM loss split into its terms E1..E4 (see the module docstring).
+
+    Args:
+        features: x, shape (n, d).
+        responsibilities: γ, shape (n, K), rows on the simplex.
+        centroids: μ, shape (K, d).
+        alpha: Dirichlet concentration, a scalar or a (K,) vector. α = 1 (SuperCM)
+            makes E4 vanish.
+        reconstruction: γ μ if already computed (the forward pass has it); saves
+            the only O(n·K·d) product.
+        eps: inside the logarithm of E4.
+        check_inputs: validate shapes and finiteness (one host sync on CUDA).
+
+    Cost: O(n·K·d) for γ μ (skipped when ``reconstruction`` is given) plus
+    O(n·K + K·d + n·d). No K×K matrix is formed: the off-diagonal sum of E3 is
+    ‖Γμ‖²_F minus its diagonal part.
+
+    Half-precision inputs are up-cast to float32 because E3 is a difference of
+    two sums of squares. Returns float32 (or float64 for float64 inputs).
+    """
+    if check_inputs:
+        _check_2d("features", features)
+        n, d = features.shape
+        _check_2d("responsibilities", responsibilities, rows=n)
+        _check_2d("centroids", centroids, rows=responsibilities.shape[1], cols=d)
+        _check_finite("features", features)
+    n, d = features.shape
+    k = responsibilities.shape[1]
+    dtype = torch.promote_types(torch.promote_types(features.dtype, responsibilities.dtype), torch.float32)
+    x = features.to(dtype)
+    gamma = responsibilities.to(dtype)
+    mu = centroids.to(dtype)
+    recon = gamma @ mu if reconstruction is None else reconstruction.to(dtype)
+
+    mu_sq = (mu * mu).sum(dim=1)  # ‖μ_k‖², (K,)
+    gamma_sum = gamma.sum(dim=0)  # Σ_i γ_ik
+    gamma_sq_sum = (gamma * gamma).sum(dim=0)  # Σ_i γ_ik² = (ΓᵀΓ)_kk
+
+    e1 = (x - recon).pow(2).sum()
+    e2 = ((gamma_sum - gamma_sq_sum) * mu_sq).sum()
+    # Σ_{k≠l} (ΓᵀΓ)_kl μ_kᵀμ_l = ‖Γμ‖²_F − Σ_k (ΓᵀΓ)_kk ‖μ_k‖²
+    e3 = -(recon.pow(2).sum() - (gamma_sq_sum * mu_sq).sum())
+    scale = 1.0 / (n * d)
+
+    if isinstance(alpha, Tensor):
+        a = alpha.to(device=gamma.device, dtype=dtype)
+        if a.dim() > 1 or (a.dim() == 1 and a.shape[0] != k):
+            raise ValueError(f"alpha must be a scalar or have shape ({k},), got {tuple(a.shape)}")
+        trivial = False
+    else:
+        if not math.isfinite(float(alpha)):
+            raise ValueError(f"alpha must be finite, got {alpha}")
+        a = float(alpha)
+        trivial = a == 1.0
+    if trivial:
+        e4 = gamma.new_zeros(())
+    else:
+        e4 = ((1.0 - a) * torch.log(gamma_sum / n + eps)).sum()
+    return CMLossTerms(e1 * scale, e2 * scale, e3 * scale, e4)
+
+
+def cm_loss(
+    features: Tensor,
+    responsibilities: Tensor,
+    centroids: Tensor,
+    alpha: float | Tensor = 1.0,
+    *,
+    reconstruction: Tensor | None = None,
+    eps: float = 1e-8,
+    check_inputs: bool = True,
+) -> Tensor:
+    """L_CM = (E1 + E2 + E3) / (n·d) + E4, a scalar. See :func:`cm_loss_terms`.
+
+    Example::
+
+        >>> x, mu = torch.randn(5, 4), torch.randn(3, 4)
+        >>> gamma = torch.randn(5, 3).softmax(1)
+        >>> loss = cm_loss(x, gamma, mu)   # == Σ_ik γ_ik ‖x_i − μ_k‖² / (5·4)
+    """
+    return cm_loss_terms(
+        features,
+        responsibilities,
+        centroids,
+        alpha,
+        reconstruction=reconstruction,
+        eps=eps,
+        check_inputs=check_inputs,
+    ).total
+
+
+def class_sums(features: Tensor, labels: Tensor, num_classes: int) -> tuple[Tensor, Tensor]:
+    """Per-class feature sums (K, d) and counts (K,), vectorised (no loop over classes)."""
+    sums = features.new_zeros(num_classes, features.shape[1])
+    sums.index_add_(0, labels, features)
+    counts = torch.bincount(labels, minlength=num_classes).to(features.dtype)
+    return sums, counts
+
+
+class ClusteringModule(nn.Module):
+    """SuperCM's Clustering Module: a classifier whose softmax is a soft clustering.
+
+    ``logits = (W x + b) / T``, ``γ = softmax(logits)``, ``x̃ = γ μ``. Use ``logits``
+    for cross-entropy and prediction (there is no other classification head), and
+    :meth:`loss` for the CM regulariser.
+
+    Centroid rules (``centroids=``), applied by :meth:`update_centroids` to labeled
+    features without gradient, once per iteration *before* the loss. Classes absent
+    from a batch keep their centroid. With ``m_k`` the batch mean of class k:
+
+    - ``"paper"``: ``μ_k ← ((τ−1)/τ) μ_k + (1/τ) m_k`` with τ the number of updates
+      so far (1-based, global, as in the authors' code); μ starts at zero, so a
+      class first seen at update τ starts at m_k/τ.
+    - ``"mean"``: the exact running mean of every labeled feature seen for class k,
+      ``μ_k ← (c_k μ_k + s_k) / (c_k + n_k)`` with per-class counts c_k.
+    - ``"ema"``: ``μ_k ← momentum · μ_k + (1 − momentum) · m_k``; a class's first
+      batch sets ``μ_k = m_k`` (no shrinkage toward zero).
+    - ``"learned"``: μ is an ``nn.Parameter`` trained by the CM loss (the ablation
+      the paper shows to collapse); :meth:`update_centroids` does nothing.
+
+    Under ``torch.distributed`` the per-class sums and counts are all-reduced
+    before the update, so every rank holds the same centroids.
+
+    Args:
+        in_features: d, the feature dimension.
+        num_classes: K ≥ 2.
+        centroids: the centroid rule, one of :data:`CENTROID_RULES`.
+        temperature: T > 0 dividing the encoder output.
+        momentum: the ``"ema"`` rule's momentum in [0, 1).
+        alpha: Dirichlet concentration for E4 (scalar or (K,)); 1 turns E4 off.
+        check_inputs: validate shapes, labels and finiteness (costs a host sync on CUDA).
+
+    Shapes: ``forward((n, d)) -> CMOutput(logits (n, K), responsibilities (n, K),
+    reconstruction (n, d))``.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        num_classes: int,
+        *,
+        centroids: str = "paper",
+        temperature: float = 1.0,
+        momentum: float = 0.99,
+        alpha: float | Tensor = 1.0,
+        check_inputs: bool = True,
+    ) -> None:
+        super().__init__()
+        if centroids not in CENTROID_RULES:
+            raise ValueError(f"unknown centroid rule {centroids!r}; choose one of {', '.join(CENTROID_RULES)}")
+        if int(in_features) < 1:
+            raise ValueError(f"in_features must be ≥ 1, got {in_features}")
+        if int(num_classes) < 2:
+            raise ValueError(f"num_classes must be ≥ 2, got {num_classes}")
+        if not (temperature > 0 and math.isfinite(temperature)):
+            raise ValueError(f"temperature must be a positive finite number, got {temperature}")
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+        self.in_features = int(in_features)
+        self.num_classes = int(num_classes)
+        self.rule = centroids
+        self.temperature = float(temperature)
+        self.momentum = float(momentum)
+        self.check_inputs = check_inputs
+        if isinstance(alpha, Tensor):
+            self.register_buffer("alpha", alpha.detach().clone().float())
+        else:
+            self.alpha = float(alpha)
+        self.encoder = nn.Linear(self.in_features, self.num_classes)
+        init = torch.zeros(self.num_classes, self.in_features)
+        if centroids == "learned":
+            nn.init.normal_(init, std=0.01)
+            self.centroids = nn.Parameter(init)
+        else:
+            self.register_buffer("centroids", init)
+        # Per-class number of labeled features folded in so far ("mean"; "ema" uses > 0 as "seen").
+        # Integer so that ``module.to(torch.bfloat16)`` leaves it exact.
+        self.register_buffer("class_counts", torch.zeros(self.num_classes, dtype=torch.long))
+        # τ of the "paper" rule: updates applied so far.
+        self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, num_classes={self.num_classes}, "
+            f"centroids={self.rule!r}, temperature={self.temperature}"
+        )
+
+    def forward(self, features: Tensor) -> CMOutput:
+        if self.check_inputs:
+            _check_2d("features", features, cols=self.in_features)
+        logits = self.encoder(features)
+        if self.temperature != 1.0:
+            logits = logits / self.temperature
+        gamma = logits.softmax(dim=1)
+        recon = gamma @ self.centroids.to(gamma.dtype)
+        return CMOutput(logits, gamma, recon)
+
+    def loss(self, features: Tensor, output: CMOutput) -> Tensor:
+        """L_CM of ``features`` given their :meth:`forward` ``output`` (reuses its γ μ)."""
+        return self.loss_terms(features, output).total
+
+    def loss_terms(self, features: Tensor, output: CMOutput) -> CMLossTerms:
+        """E1..E4 of ``features`` given their :meth:`forward` output."""
+        return cm_loss_terms(
+            features,
+            output.responsibilities,
+            self.centroids,
+            self.alpha,
+            reconstruction=output.reconstruction,
+            check_inputs=self.check_inputs,
+        )
+
+    @torch.no_grad()
+    def update_centroids(self, features: Tensor, labels: Tensor) -> None:
+        """Fold a batch of labeled ``features`` (n, d) with ``labels`` (n,) into μ.
+
+        Detached and gradient-free; vectorised over classes. See the class
+        docstring for the rules. A no-op for ``centroids="learned"``.
+        """
+        if self.check_inputs:
+            self._check_labeled(features, labels)
+        if self.rule == "learned":
+            return
+        mu = self.centroids
+        # Accumulate in at least float32 even when the module was cast to half precision.
+        work = torch.promote_types(mu.dtype, torch.float32)
+        sums, counts = class_sums(features.detach().to(work), labels.long(), self.num_classes)
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            packed = torch.cat([sums, counts[:, None]], dim=1)
+            dist.all_reduce(packed)
+            sums, counts = packed[:, :-1], packed[:, -1]
+        present = counts > 0
+        batch_mean = sums / counts.clamp_min(1)[:, None]
+        self.num_updates += 1
+        old_mu = mu.to(work)
+        if self.rule == "paper":
+            tau = self.num_updates.to(work)
+            new = (tau - 1) / tau * old_mu + batch_mean / tau
+        elif self.rule == "mean":
+            old = self.class_counts.to(work)[:, None]
+            new = (old * old_mu + sums) / (old + counts[:, None]).clamp_min(1)
+        else:  # ema
+            seen = (self.class_counts > 0)[:, None]
+            blended = self.momentum * old_mu + (1.0 - self.momentum) * batch_mean
+            new = torch.where(seen, blended, batch_mean)
+        mu.copy_(torch.where(present[:, None], new, old_mu))
+        self.class_counts += counts.round().long()
+
+    def reset_centroids(self) -> None:
+        """Forget every centroid update (μ = 0, counts = 0, τ = 0)."""
+        with torch.no_grad():
+            if self.rule != "learned":
+                self.centroids.zero_()
+            self.class_counts.zero_()
+            self.num_updates.zero_()
+
+    def _check_labeled(self, features: Tensor, labels: Tensor) -> None:
+        _check_2d("features", features, cols=self.in_features)
+        if not isinstance(labels, Tensor) or labels.dim() != 1:
+            raise ValueError(
+                f"labels must be a 1-D tensor of class indices, got "
+                f"{tuple(labels.shape) if isinstance(labels, Tensor) else type(labels).__name__}"
+            )
+        if labels.shape[0] != features.shape[0]:
+            raise ValueError(f"{labels.shape[0]} labels for {features.shape[0]} feature rows; they must match")
+        if labels.dtype.is_floating_point or labels.dtype == torch.bool:
+            raise TypeError(f"labels must be integer class indices, got dtype {labels.dtype}")
+        lo, hi = int(labels.min()), int(labels.max())
+        if lo < 0 or hi >= self.num_classes:
+            raise ValueError(
+                f"labels must lie in [0, {self.num_classes}), got values in [{lo}, {hi}]; "
+                f"check num_classes or remap the labels"
+            )
+        _check_finite("features", features)
