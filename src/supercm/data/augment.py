@@ -1,0 +1,96 @@
+"""Batch augmentation of SPEC §5: random horizontal flip, reflect-pad random crop, Gaussian noise.
+
+Everything is vectorised over the batch and draws all its randomness from one
+``torch.Generator`` on the batch's device, in a fixed order (flip, then crop, then
+noise, each only when enabled), so restoring the generator's state reproduces an
+augmentation bit for bit — what an exact resume needs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class Augment:
+    """``aug(x, generator)`` augments a training batch ``x``.
+
+    For images (N, C, H, W), per sample and independently:
+
+    * ``flip``: with probability 0.5, ``x[n] ← x[n].flip(-1)`` (horizontal flip);
+    * ``crop_pad = p > 0``: reflect-pad by ``p`` on every side to (H+2p, W+2p), then
+      take the H×W window at a uniformly random offset ``(i, j) ∈ {0..2p}²``:
+      ``out[n, :, h, w] = pad(x)[n, :, i_n + h, j_n + w]`` (requires p < H and p < W);
+    * ``noise_std = σ > 0``: ``x ← x + σ·ε``, ε ~ N(0, 1) elementwise.
+
+    For vectors (N, D) only the noise applies. With everything off the call returns
+    ``x`` itself. The output has ``x``'s shape, dtype and device.
+    """
+
+    flip: bool = False
+    crop_pad: int = 0
+    noise_std: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.flip, bool):
+            raise TypeError(f"Augment.flip must be a bool, got {self.flip!r}")
+        if isinstance(self.crop_pad, bool) or not isinstance(self.crop_pad, int) or self.crop_pad < 0:
+            raise ValueError(f"Augment.crop_pad must be an int ≥ 0, got {self.crop_pad!r}")
+        if isinstance(self.noise_std, bool) or not isinstance(self.noise_std, (int, float)) or self.noise_std < 0:
+            raise ValueError(f"Augment.noise_std must be a number ≥ 0, got {self.noise_std!r}")
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> "Augment":
+        """Build from a dataset's ``augment`` dict (e.g. ``{"crop_pad": 2}``); ``None`` or ``{}`` is the identity."""
+        d = dict(d or {})
+        allowed = [f.name for f in fields(cls)]
+        for key in d:
+            if key not in allowed:
+                raise ValueError(f"unknown augmentation {key!r}; allowed keys are {', '.join(allowed)}")
+        return cls(**d)
+
+    @property
+    def is_identity(self) -> bool:
+        return not self.flip and self.crop_pad == 0 and self.noise_std == 0
+
+    def __call__(self, x: Tensor, generator: torch.Generator) -> Tensor:
+        if self.is_identity:
+            return x
+        if generator.device.type != x.device.type:
+            raise ValueError(
+                f"generator is on {generator.device} but the batch is on {x.device}; use one on the batch's device"
+            )
+        if x.dim() == 4:
+            if self.flip:
+                x = self._flip(x, generator)
+            if self.crop_pad:
+                x = self._crop(x, generator)
+        elif x.dim() != 2:
+            raise ValueError(f"Augment expects (N, C, H, W) images or (N, D) vectors, got shape {tuple(x.shape)}")
+        if self.noise_std:
+            noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            x = x + self.noise_std * noise
+        return x
+
+    @staticmethod
+    def _flip(x: Tensor, generator: torch.Generator) -> Tensor:
+        flipped = torch.rand(x.shape[0], generator=generator, device=x.device) < 0.5
+        return torch.where(flipped.view(-1, 1, 1, 1), x.flip(-1), x)
+
+    def _crop(self, x: Tensor, generator: torch.Generator) -> Tensor:
+        n, c, h, w = x.shape
+        p = self.crop_pad
+        if p >= h or p >= w:
+            raise ValueError(f"crop_pad={p} needs images larger than {p}×{p} for reflect padding, got {h}×{w}")
+        padded = F.pad(x, (p, p, p, p), mode="reflect")  # (N, C, H+2p, W+2p)
+        offsets = torch.randint(0, 2 * p + 1, (n, 2), generator=generator, device=x.device)
+        rows = offsets[:, :1] + torch.arange(h, device=x.device)  # (N, H)
+        cols = offsets[:, 1:] + torch.arange(w, device=x.device)  # (N, W)
+        # Gather rows then columns: (N, C, H, W+2p) then (N, C, H, W).
+        padded = padded.gather(2, rows.view(n, 1, h, 1).expand(n, c, h, w + 2 * p))
+        return padded.gather(3, cols.view(n, 1, 1, w).expand(n, c, h, w))
