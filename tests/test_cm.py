@@ -246,7 +246,7 @@ def test_dtypes_and_sizes(dtype, k):
     # Half precision agrees with a float64 evaluation of the same numbers.
     ref = cm_loss(x.detach().double(), out.responsibilities.detach().double(), head.centroids.double())
     tol = 2e-2 if dtype == torch.bfloat16 else 1e-5
-    assert math.isclose(float(loss), float(ref), rel_tol=tol, abs_tol=tol)
+    assert math.isclose(loss.item(), ref.item(), rel_tol=tol, abs_tol=tol)
 
 
 def test_batch_of_one():

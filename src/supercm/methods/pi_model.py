@@ -1,0 +1,24 @@
+"""Π-Model (Laine & Aila, 2017; Sajjadi et al., 2016)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .base import SSLMethod, StepInputs, frozen_batchnorm_stats, register
+
+
+@register("pi_model")
+class PiModel(SSLMethod):
+    """``L = mean_ik (softmax(f(a(x)))_ik − softmax(f(a'(x)))_ik)²`` over two stochastic views.
+
+    The first view is the training pass (with gradient); the second, a fresh
+    augmentation with fresh dropout, is the target (no gradient). Its pass
+    leaves BatchNorm running statistics alone.
+    """
+
+    def unlabeled_loss(self, step: StepInputs) -> Tensor:
+        with torch.no_grad(), frozen_batchnorm_stats(step.model):
+            target = step.model(step.augment(step.x_unlabeled_raw)).logits.softmax(dim=1)
+        return F.mse_loss(step.logits_unlabeled.softmax(dim=1), target)

@@ -1,0 +1,51 @@
+"""Virtual Adversarial Training (Miyato et al., 2018), one power iteration."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .base import SSLMethod, StepInputs, frozen_batchnorm_stats, register
+
+
+def _unit(d: Tensor) -> Tensor:
+    """Each sample scaled to unit L2 norm over all its dimensions."""
+    norm = d.flatten(1).norm(dim=1).clamp_min(1e-12)
+    return d / norm.view(-1, *([1] * (d.dim() - 1)))
+
+
+def _kl(p: Tensor, logits_q: Tensor) -> Tensor:
+    """Mean over samples of KL(p ‖ softmax(logits_q))."""
+    return (p * (p.clamp_min(1e-12).log() - logits_q.log_softmax(dim=1))).sum(dim=1).mean()
+
+
+@register("vat")
+class VAT(SSLMethod):
+    """``L = KL(p(x) ‖ p(x + r_adv))`` with ``r_adv = ε · g/‖g‖``, ``g = ∇_r KL(p(x) ‖ p(x + r))|_{r = ξ d}``.
+
+    ``d`` starts as a random unit direction and is refined by ``power_iterations``
+    steps. p(x) comes from the training pass, detached. The perturbed passes
+    leave BatchNorm running statistics alone.
+    """
+
+    @dataclass
+    class Options:
+        xi: float = 1e-6
+        epsilon: float = 6.0
+        power_iterations: int = 1
+
+    def unlabeled_loss(self, step: StepInputs) -> Tensor:
+        x = step.x_unlabeled.detach()
+        p = step.logits_unlabeled.detach().softmax(dim=1)
+        model = step.model
+        with frozen_batchnorm_stats(model):
+            d = _unit(torch.randn_like(x))
+            for _ in range(self.options.power_iterations):
+                r = (self.options.xi * d).requires_grad_(True)
+                dist = _kl(p, model(x + r).logits)
+                (grad,) = torch.autograd.grad(dist, r)
+                d = _unit(grad.detach())
+            return _kl(p, model(x + self.options.epsilon * d).logits)

@@ -1,0 +1,140 @@
+"""Backbones: each maps inputs to a flat feature vector and exposes ``out_features``."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+
+class MLP(nn.Module):
+    """Fully connected backbone for vector data: [Linear → BatchNorm → LeakyReLU] × depth."""
+
+    def __init__(self, input_shape: tuple[int, ...], width: int = 128, depth: int = 2, dropout: float = 0.0):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Flatten()]
+        d = math.prod(input_shape)
+        for _ in range(depth):
+            layers += [nn.Linear(d, width), nn.BatchNorm1d(width), nn.LeakyReLU(0.1)]
+            if dropout:
+                layers.append(nn.Dropout(dropout))
+            d = width
+        self.net = nn.Sequential(*layers)
+        self.out_features = d
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+class SmallCNN(nn.Module):
+    """A small CNN for 28×28 digits (or any small image): 3 conv blocks, global average pool.
+
+    ``width`` channels in the first block, doubled in each later block.
+    """
+
+    def __init__(self, input_shape: tuple[int, ...], width: int = 32, dropout: float = 0.0):
+        super().__init__()
+        if len(input_shape) != 3:
+            raise ValueError(f"SmallCNN needs image input (C, H, W), got shape {input_shape}; use backbone 'mlp'")
+        c = input_shape[0]
+        blocks: list[nn.Module] = []
+        for i, w in enumerate((width, 2 * width, 4 * width)):
+            blocks += [
+                nn.Conv2d(c, w, 3, padding=1, bias=False),
+                nn.BatchNorm2d(w),
+                nn.LeakyReLU(0.1),
+                nn.Conv2d(w, w, 3, padding=1, bias=False),
+                nn.BatchNorm2d(w),
+                nn.LeakyReLU(0.1),
+            ]
+            if i < 2:
+                blocks.append(nn.MaxPool2d(2))
+                if dropout:
+                    blocks.append(nn.Dropout(dropout))
+            c = w
+        blocks += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+        self.net = nn.Sequential(*blocks)
+        self.out_features = c
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+class _WideBlock(nn.Module):
+    """Pre-activation residual block of a Wide ResNet (BN → LReLU → conv, twice).
+
+    As in Oliver et al.'s code, except that a change of width or stride uses a
+    1×1 convolution on the shortcut (their code average-pools and zero-pads).
+    """
+
+    def __init__(self, c_in: int, c_out: int, stride: int, activate_before_residual: bool = False):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(c_in, momentum=0.001)
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out, momentum=0.001)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.act = nn.LeakyReLU(0.1)
+        self.shortcut = None if c_in == c_out and stride == 1 else nn.Conv2d(c_in, c_out, 1, stride, 0, bias=False)
+        self.activate_before_residual = activate_before_residual
+
+    def forward(self, x: Tensor) -> Tensor:
+        o = self.act(self.bn1(x))
+        if self.activate_before_residual:
+            x = o  # the network's first block feeds the activated input to its shortcut too
+        y = self.conv2(self.act(self.bn2(self.conv1(o))))
+        return y + (x if self.shortcut is None else self.shortcut(x))
+
+
+class WideResNet(nn.Module):
+    """WRN-depth-k with LeakyReLU(0.1), as in Oliver et al. (2018) and the SuperCM paper.
+
+    WRN-28-2: ``depth=28, widen=2`` (1.5 M parameters, 128-d features);
+    WRN-28-8 for CIFAR-100: ``widen=8`` (512-d features).
+    """
+
+    def __init__(self, input_shape: tuple[int, ...], depth: int = 28, widen: int = 2):
+        super().__init__()
+        if (depth - 4) % 6:
+            raise ValueError(f"WideResNet depth must be 6n + 4, got {depth}")
+        if len(input_shape) != 3:
+            raise ValueError(f"WideResNet needs image input (C, H, W), got shape {input_shape}")
+        n = (depth - 4) // 6
+        widths = [16, 16 * widen, 32 * widen, 64 * widen]
+        self.stem = nn.Conv2d(input_shape[0], widths[0], 3, 1, 1, bias=False)
+        stages = []
+        for s in range(3):
+            stride = 1 if s == 0 else 2
+            blocks = [_WideBlock(widths[s], widths[s + 1], stride, activate_before_residual=(s == 0))]
+            blocks += [_WideBlock(widths[s + 1], widths[s + 1], 1) for _ in range(n - 1)]
+            stages.append(nn.Sequential(*blocks))
+        self.stages = nn.Sequential(*stages)
+        self.bn = nn.BatchNorm2d(widths[3], momentum=0.001)
+        self.act = nn.LeakyReLU(0.1)
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.out_features = widths[3]
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="leaky_relu", a=0.1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.pool(self.act(self.bn(self.stages(self.stem(x)))))
+
+
+def wrn28_2(input_shape: tuple[int, ...]) -> WideResNet:
+    return WideResNet(input_shape, 28, 2)
+
+
+def wrn28_8(input_shape: tuple[int, ...]) -> WideResNet:
+    return WideResNet(input_shape, 28, 8)
+
+
+BACKBONES = {"mlp": MLP, "cnn": SmallCNN, "wrn28_2": wrn28_2, "wrn28_8": wrn28_8}
+
+
+def build_backbone(name: str, input_shape: tuple[int, ...], **kwargs) -> nn.Module:
+    try:
+        factory = BACKBONES[name]
+    except KeyError:
+        raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}") from None
+    return factory(tuple(input_shape), **kwargs)
