@@ -1,0 +1,149 @@
+"""SSL accuracy at CPU scale: every base method with and without SuperCM, several seeds.
+
+    python benchmarks/ssl_accuracy.py --data-root /tmp/supercm-data            # the full table
+    python benchmarks/ssl_accuracy.py --datasets mnist10k --methods supervised --seeds 1 --iterations 100
+
+Each run trains the config ``configs/cpu/<dataset>-<method>[-cm].yaml`` (the same
+files ``supercm train`` takes) with a seed, and reports test accuracy at the best
+validation accuracy. Finished runs are appended to ``--out`` (JSON lines) at once,
+and a rerun skips them, so an interrupted benchmark loses nothing. The markdown
+table (mean ± std over seeds, gain of +SuperCM over its base, paired t-test) is
+written beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+METHODS = ("supervised", "pseudo_label", "vat", "pi_model", "mean_teacher")
+LABELS = {"supervised": "CE", "pseudo_label": "Pseudo-Label", "vat": "VAT", "pi_model": "Π-Model", "mean_teacher": "Mean Teacher"}
+
+
+def config_path(dataset: str, method: str, cm: bool) -> Path:
+    return ROOT / "configs" / "cpu" / f"{dataset}-{method}{'-cm' if cm else ''}.yaml"
+
+
+def _init_worker() -> None:
+    import torch
+
+    torch.set_num_threads(1)  # one process per core is faster than threads for these small models
+
+
+def run_one(dataset: str, method: str, cm: bool, seed: int, overrides: list[str]) -> dict:
+    from supercm.config import load_config
+    from supercm.train import Trainer
+
+    path = config_path(dataset, method, cm)
+    cfg = load_config(path, [*overrides, f"train.seed={seed}", "train.progress=false", "train.tensorboard=false"])
+    t0 = time.perf_counter()
+    result = Trainer(cfg, None).fit()
+    return {
+        "dataset": dataset, "method": method, "cm": cm, "seed": seed, "config": str(path.relative_to(ROOT)),
+        "overrides": overrides, "beta": cfg.cm.beta, "delta": cfg.method.delta, "iterations": cfg.train.iterations,
+        **result.to_dict(), "wall_seconds": time.perf_counter() - t0,
+    }
+
+
+def _key(r: dict) -> tuple:
+    return (r["dataset"], r["method"], r["cm"], r["seed"], tuple(r["overrides"]))
+
+
+def table(rows: list[dict]) -> str:
+    from scipy import stats
+
+    out = [
+        "| dataset | method | base test % | + SuperCM test % | gain | SuperCM better | paired t-test p | base val % | + SuperCM val % | s/run |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    by = {}
+    for r in rows:
+        by.setdefault((r["dataset"], r["method"], r["cm"]), {})[r["seed"]] = r
+    for dataset in dict.fromkeys(r["dataset"] for r in rows):
+        for method in METHODS:
+            base, cm = by.get((dataset, method, False), {}), by.get((dataset, method, True), {})
+            if not base and not cm:
+                continue
+
+            def ms(runs: dict, key: str) -> str:
+                v = [100 * r[key] for r in runs.values()]
+                if not v:
+                    return "–"
+                return f"{statistics.mean(v):.2f} ± {statistics.stdev(v):.2f}" if len(v) > 1 else f"{v[0]:.2f}"
+
+            seeds = sorted(set(base) & set(cm))
+            diffs = [100 * (cm[s]["test_accuracy_at_best_val"] - base[s]["test_accuracy_at_best_val"]) for s in seeds]
+            gain = f"{statistics.mean(diffs):+.2f}" if diffs else "–"
+            wins = f"{sum(d > 0 for d in diffs)}/{len(diffs)}" if diffs else "–"
+            p = "–"
+            if len(diffs) > 1 and statistics.pstdev(diffs) > 0:
+                p = f"{stats.ttest_rel([cm[s]['test_accuracy_at_best_val'] for s in seeds], [base[s]['test_accuracy_at_best_val'] for s in seeds]).pvalue:.3g}"
+            secs = [r["wall_seconds"] for r in [*base.values(), *cm.values()]]
+            out.append(
+                f"| {dataset} | {LABELS[method]} | {ms(base, 'test_accuracy_at_best_val')} | {ms(cm, 'test_accuracy_at_best_val')} "
+                f"| {gain} | {wins} | {p} | {ms(base, 'best_val_accuracy')} | {ms(cm, 'best_val_accuracy')} | {statistics.mean(secs):.0f} |"
+            )
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--datasets", nargs="+", default=["mnist10k", "fashion_mnist"])
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--arms", nargs="+", default=["base", "cm"], choices=["base", "cm"])
+    ap.add_argument("--data-root", help="data root holding the fetched datasets (supercm fetch-data all)")
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "ssl_accuracy.jsonl"))
+    ap.add_argument("overrides", nargs="*", help="extra key=value config overrides for every run")
+    args = ap.parse_args(argv)
+
+    overrides = list(args.overrides) + ([f"data.root={args.data_root}"] if args.data_root else [])
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    done = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
+    have = {_key(r) for r in done}
+    jobs = [
+        (d, m, arm == "cm", s, overrides)
+        for s in range(args.seeds) for d in args.datasets for m in args.methods for arm in args.arms
+        if (d, m, arm == "cm", s, tuple(overrides)) not in have
+    ]
+    for d in args.datasets:
+        for m in args.methods:
+            for arm in args.arms:
+                if not config_path(d, m, arm == "cm").exists():
+                    raise SystemExit(f"no config {config_path(d, m, arm == 'cm')}; run configs/generate.py")
+    print(f"{len(done)} runs already in {out}; {len(jobs)} to go with {args.workers} workers", file=sys.stderr)
+    t0 = time.perf_counter()
+    with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker) as pool:
+        futures = {pool.submit(run_one, *job): job for job in jobs}
+        for i, fut in enumerate(as_completed(futures), 1):
+            r = fut.result()
+            with open(out, "a") as f:
+                f.write(json.dumps(r) + "\n")
+            done.append(r)
+            print(
+                f"[{i}/{len(jobs)} {time.perf_counter() - t0:.0f}s] {r['dataset']} {r['method']}{' +CM' if r['cm'] else ''} "
+                f"seed {r['seed']}: val {100 * r['best_val_accuracy']:.2f} test {100 * r['test_accuracy_at_best_val']:.2f} "
+                f"({r['wall_seconds']:.0f}s)", file=sys.stderr, flush=True,
+            )
+    rows = [r for r in done if tuple(r["overrides"]) == tuple(overrides)]
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    md = table(rows)
+    header = f"commit {commit}; command: python benchmarks/ssl_accuracy.py {' '.join(argv or sys.argv[1:])}\n\n"
+    out.with_suffix(".md").write_text(header + md + "\n")
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
