@@ -102,6 +102,11 @@ def test_short_run_learns_and_reports_test_at_best_validation(digits, tmp_path):
     assert result.best_iteration == best["iteration"]
     assert result.test_accuracy_at_best_val == best["test"]
     assert result.final_test_accuracy == evals[-1]["test"]
+    # Test accuracy is computed exactly where validation improved, and at the end.
+    running = -1.0
+    for r in evals:
+        assert (r["test"] is not None) == (r["val"] > running or r is evals[-1])
+        running = max(running, r["val"])
     metrics = [json.loads(line) for line in (tmp_path / "run" / METRICS).read_text().splitlines()]
     assert [m["iteration"] for m in metrics] == list(range(1, 151))
     assert {"loss", "ce", "cm", "e1", "e2", "e3", "e4", "lr"} <= set(metrics[-1])

@@ -27,7 +27,8 @@ class DataConfig:
     num_labeled: int = 100  # total, class-balanced
     num_validation: int = 200  # total, class-balanced, held out of train
     download: bool = False  # let torchvision download (needs the internet)
-    augment: bool = True  # the dataset's paper augmentations on training batches
+    augment: bool = True  # augment training batches (false: never)
+    augmentation: dict | None = None  # {flip, crop_pad, noise_std}; None: the dataset's paper default
     options: dict = field(default_factory=dict)  # extra loader keyword arguments
 
 
