@@ -60,3 +60,20 @@ def test_demo_prints_its_table(capsys):
     assert main(["demo", "--seeds", "2", "--iterations", "30", "--workers", "1", "--betas", "0.3"]) == 0
     out = capsys.readouterr().out
     assert "| CE (baseline) | 0 |" in out and "| CE + SuperCM | 0.3 |" in out and "gain on test" in out
+
+
+def test_quickstart_example_runs_and_learns():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, str(ROOT / "examples" / "quickstart.py")], capture_output=True, text=True, check=True)
+    assert float(out.stdout.strip().rsplit(" ", 1)[-1]) > 0.9
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    import supercm.cm
+
+    failures, tried = doctest.testmod(supercm.cm)
+    assert tried >= 5 and failures == 0
