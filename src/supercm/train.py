@@ -248,7 +248,9 @@ class Trainer:
         cfg = from_dict(yaml.safe_load((run_dir / CONFIG).read_text()))
         trainer = cls(cfg, run_dir, dataset=dataset)
         if ckpt_path.exists():
-            trainer.load_state_dict(torch.load(ckpt_path, map_location=trainer.device, weights_only=True))
+            # On the CPU: RNG states must stay CPU byte tensors; load_state_dict moves weights and
+            # optimizer state to their own devices.
+            trainer.load_state_dict(torch.load(ckpt_path, map_location="cpu", weights_only=True))
         # Lines logged after the checkpoint belong to the lost part of the run.
         _truncate_jsonl(run_dir / METRICS, trainer.iteration)
         _truncate_jsonl(run_dir / EVALS, trainer.iteration)
