@@ -1,0 +1,94 @@
+"""Keep benchmarks/ from rotting: each benchmark's core runs on tiny sizes and writes the expected JSON."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+
+import common  # noqa: E402
+import head  # noqa: E402
+import overhead  # noqa: E402
+import time_to_accuracy  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+def _roundtrip(name: str, data: dict, markdown: str, tmp_path: Path) -> dict:
+    jp, mp = common.write_results(name, data, markdown, tmp_path)
+    assert mp.read_text().startswith("### ")
+    loaded = json.loads(jp.read_text())
+    assert {"benchmark", "command", "machine", "settings"} <= set(loaded)
+    assert {"commit", "cpu", "torch", "threads"} <= set(loaded["machine"])
+    return loaded
+
+
+def test_summaries_and_interleaving():
+    s = common.summarize([3.0, 1.0, 2.0, 4.0])
+    assert s["median"] == 2.5 and s["min"] == 1.0 and s["max"] == 4.0 and s["q1"] <= s["median"] <= s["q3"]
+    assert common.ratio_summary([2.0, 4.0], [1.0, 2.0])["median"] == 2.0
+    calls: list[str] = []
+    times = common.interleaved_times({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, reps=2, warmup=1)
+    assert calls == ["a", "b", "b", "a", "a", "b"]  # order rotated each repetition
+    assert [len(v) for v in times.values()] == [2, 2]
+
+
+@pytest.mark.parametrize("n,d,k", [(8, 6, 3), (40, 16, 100)])
+def test_head_reference_matches_project(n, d, k):
+    """The loop reference and the project's head give the same loss, centroids and gradients."""
+    for dtype in (torch.float64, torch.float32):
+        r = head.check_agreement(n, d, k, steps=3, dtype=dtype)
+        assert r["max_rel_loss_diff"] < (1e-9 if dtype == torch.float64 else 1e-4)
+
+
+def test_head_benchmark_runs(tmp_path):
+    common.set_threads(1)
+    row = head.time_config(n=16, d=8, k=10, reps=2, warmup=0)
+    data = {"benchmark": "head", "command": "test", "machine": common.machine_info(),
+            "settings": {"reps": 2, "warmup": 0, "threads": 1}, "results": [row]}
+    loaded = _roundtrip("head", data, head.to_markdown(data), tmp_path)
+    r = loaded["results"][0]
+    assert {"n", "d", "K", "project_s", "reference_s", "speedup", "agreement"} <= set(r)
+    assert r["speedup"]["median"] > 0 and r["speedup"]["n"] == 2
+
+
+def test_overhead_benchmark_runs(tmp_path):
+    data = overhead.run(backbones=["cnn"], methods=["supervised"], reps=1, warmup=0, batch=4,
+                        model_options={"cnn": {"width": 4}}, memory=False, threads=1, echo=lambda *_: None)
+    loaded = _roundtrip("overhead", data, overhead.to_markdown(data), tmp_path)
+    r = loaded["results"][0]
+    assert set(r["ratio"]) == {"reuse", "eval_pass"}
+    assert set(r["seconds_per_step"]) == {"base", "reuse", "eval_pass"}
+    assert r["ratio"]["reuse"]["median"] > 0
+    mem = overhead.measure_memory({"backbone": "cnn", "method": "supervised", "batch": 4,
+                                   "model_options": {"width": 4}}, "reuse", steps=1)
+    assert {"method", "before_mib", "peak_mib", "step_mib"} <= set(mem)
+
+
+def test_overhead_arms_differ_only_in_supercm():
+    spec = {"backbone": "cnn", "method": "vat", "batch": 4}
+    base, reuse, ev = (overhead.arm_config(spec, a) for a in overhead.ARMS)
+    assert base.cm.beta == 0 and reuse.cm.beta > 0 and ev.cm.features == "eval_pass"
+    assert base.replace(**{"cm.beta": reuse.cm.beta}) == reuse
+
+
+def test_time_to_accuracy_runs(tmp_path):
+    data = time_to_accuracy.run(seeds=1, iterations=20, eval_every=10, threads=1, echo=lambda *_: None)
+    loaded = _roundtrip("time_to_accuracy", data, time_to_accuracy.to_markdown(data), tmp_path)
+    arms = loaded["runs"][0]["arms"]
+    assert set(arms) == {"CE", "SuperCM"}
+    for a in arms.values():
+        assert [e["iteration"] for e in a["evals"]] == [10, 20]
+        assert {"iteration", "seconds", "val"} <= set(a["evals"][0])
+        assert a["evals"][-1]["val"] == a["final_val"]
+        assert a["time_to_final_val_s"] <= a["train_seconds"]
