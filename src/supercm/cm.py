@@ -140,19 +140,8 @@ def cm_loss_terms(
     Half-precision inputs are up-cast to float32 because E3 is a difference of
     two sums of squares. Returns float32 (or float64 for float64 inputs).
     """
-    if check_inputs:
-        _check_2d("features", features)
-        n, d = features.shape
-        _check_2d("responsibilities", responsibilities, rows=n)
-        _check_2d("centroids", centroids, rows=responsibilities.shape[1], cols=d)
-        _check_finite("features", features)
-    n, d = features.shape
-    k = responsibilities.shape[1]
-    dtype = torch.promote_types(torch.promote_types(features.dtype, responsibilities.dtype), torch.float32)
-    x = features.to(dtype)
-    gamma = responsibilities.to(dtype)
-    mu = centroids.to(dtype)
-    recon = gamma @ mu if reconstruction is None else reconstruction.to(dtype)
+    x, gamma, mu, recon, dtype = _prepare(features, responsibilities, centroids, reconstruction, check_inputs)
+    n, d = x.shape
 
     mu_sq = (mu * mu).sum(dim=1)  # ‖μ_k‖², (K,)
     gamma_sum = gamma.sum(dim=0)  # Σ_i γ_ik
@@ -163,22 +152,42 @@ def cm_loss_terms(
     # Σ_{k≠l} (ΓᵀΓ)_kl μ_kᵀμ_l = ‖Γμ‖²_F − Σ_k (ΓᵀΓ)_kk ‖μ_k‖²
     e3 = -(recon.pow(2).sum() - (gamma_sq_sum * mu_sq).sum())
     scale = 1.0 / (n * d)
+    e4 = _dirichlet_term(gamma_sum, n, alpha, eps)
+    return CMLossTerms(e1 * scale, e2 * scale, e3 * scale, gamma_sum.new_zeros(()) if e4 is None else e4)
 
+
+def _prepare(
+    features: Tensor, responsibilities: Tensor, centroids: Tensor, reconstruction: Tensor | None, check: bool
+) -> tuple[Tensor, Tensor, Tensor, Tensor, torch.dtype]:
+    """Validated inputs in a common dtype of at least float32, and x̃ = Γμ."""
+    if check:
+        _check_2d("features", features)
+        n, d = features.shape
+        _check_2d("responsibilities", responsibilities, rows=n)
+        _check_2d("centroids", centroids, rows=responsibilities.shape[1], cols=d)
+        _check_finite("features", features)
+    dtype = torch.promote_types(torch.promote_types(features.dtype, responsibilities.dtype), torch.float32)
+    x = features.to(dtype)
+    gamma = responsibilities.to(dtype)
+    mu = centroids.to(dtype)
+    recon = gamma @ mu if reconstruction is None else reconstruction.to(dtype)
+    return x, gamma, mu, recon, dtype
+
+
+def _dirichlet_term(gamma_sum: Tensor, n: int, alpha: float | Tensor, eps: float) -> Tensor | None:
+    """E4 = Σ_k (1 − α_k) log((1/n) Σ_i γ_ik + ε); None when α is the scalar 1 (E4 = 0)."""
+    k = gamma_sum.shape[0]
     if isinstance(alpha, Tensor):
-        a = alpha.to(device=gamma.device, dtype=dtype)
+        a = alpha.to(device=gamma_sum.device, dtype=gamma_sum.dtype)
         if a.dim() > 1 or (a.dim() == 1 and a.shape[0] != k):
             raise ValueError(f"alpha must be a scalar or have shape ({k},), got {tuple(a.shape)}")
-        trivial = False
     else:
         if not math.isfinite(float(alpha)):
             raise ValueError(f"alpha must be finite, got {alpha}")
         a = float(alpha)
-        trivial = a == 1.0
-    if trivial:
-        e4 = gamma.new_zeros(())
-    else:
-        e4 = ((1.0 - a) * torch.log(gamma_sum / n + eps)).sum()
-    return CMLossTerms(e1 * scale, e2 * scale, e3 * scale, e4)
+        if a == 1.0:
+            return None
+    return ((1.0 - a) * torch.log(gamma_sum / n + eps)).sum()
 
 
 def cm_loss(
@@ -191,7 +200,14 @@ def cm_loss(
     eps: float = 1e-8,
     check_inputs: bool = True,
 ) -> Tensor:
-    """L_CM = (E1 + E2 + E3) / (n·d) + E4, a scalar. See :func:`cm_loss_terms`.
+    """L_CM = (E1 + E2 + E3) / (n·d) + E4, a scalar. :func:`cm_loss_terms` splits it into terms.
+
+    Computed through the soft k-means identity, with x̃ = Γμ::
+
+        E1 + E2 + E3 = Σ_ik γ_ik ‖x_i − μ_k‖² = ‖X‖² − 2⟨X, Γμ⟩ + Σ_k (Σ_i γ_ik) ‖μ_k‖²
+
+    which needs about half the tensor operations of the term-by-term form (this is
+    the training hot path). Arguments as in :func:`cm_loss_terms`.
 
     Example::
 
@@ -199,15 +215,13 @@ def cm_loss(
         >>> gamma = torch.randn(5, 3).softmax(1)
         >>> loss = cm_loss(x, gamma, mu)   # == Σ_ik γ_ik ‖x_i − μ_k‖² / (5·4)
     """
-    return cm_loss_terms(
-        features,
-        responsibilities,
-        centroids,
-        alpha,
-        reconstruction=reconstruction,
-        eps=eps,
-        check_inputs=check_inputs,
-    ).total
+    x, gamma, mu, recon, _ = _prepare(features, responsibilities, centroids, reconstruction, check_inputs)
+    n, d = x.shape
+    gamma_sum = gamma.sum(dim=0)
+    kmeans = (x * (x - 2.0 * recon)).sum() + gamma_sum @ (mu * mu).sum(dim=1)
+    loss = kmeans / (n * d)
+    e4 = _dirichlet_term(gamma_sum, n, alpha, eps)
+    return loss if e4 is None else loss + e4
 
 
 def class_sums(features: Tensor, labels: Tensor, num_classes: int) -> tuple[Tensor, Tensor]:
@@ -318,7 +332,14 @@ class ClusteringModule(nn.Module):
 
     def loss(self, features: Tensor, output: CMOutput) -> Tensor:
         """L_CM of ``features`` given their :meth:`forward` ``output`` (reuses its γ μ)."""
-        return self.loss_terms(features, output).total
+        return cm_loss(
+            features,
+            output.responsibilities,
+            self.centroids,
+            self.alpha,
+            reconstruction=output.reconstruction,
+            check_inputs=self.check_inputs,
+        )
 
     def loss_terms(self, features: Tensor, output: CMOutput) -> CMLossTerms:
         """E1..E4 of ``features`` given their :meth:`forward` output."""
@@ -350,21 +371,22 @@ class ClusteringModule(nn.Module):
             packed = torch.cat([sums, counts[:, None]], dim=1)
             dist.all_reduce(packed)
             sums, counts = packed[:, :-1], packed[:, -1]
-        present = counts > 0
         batch_mean = sums / counts.clamp_min(1)[:, None]
         self.num_updates += 1
-        old_mu = mu.to(work)
+        # Every rule is μ_k ← μ_k + r_k (m_k − μ_k), with r_k = 0 for classes absent from the batch:
+        #   paper: r_k = 1/τ;  mean: r_k = n_k / (c_k + n_k);  ema: r_k = 1 − momentum (1 on first sight).
         if self.rule == "paper":
-            tau = self.num_updates.to(work)
-            new = (tau - 1) / tau * old_mu + batch_mean / tau
+            rate = (counts > 0).to(work) / self.num_updates.to(work)
         elif self.rule == "mean":
-            old = self.class_counts.to(work)[:, None]
-            new = (old * old_mu + sums) / (old + counts[:, None]).clamp_min(1)
+            rate = counts / (self.class_counts.to(work) + counts).clamp_min(1)
         else:  # ema
-            seen = (self.class_counts > 0)[:, None]
-            blended = self.momentum * old_mu + (1.0 - self.momentum) * batch_mean
-            new = torch.where(seen, blended, batch_mean)
-        mu.copy_(torch.where(present[:, None], new, old_mu))
+            first = torch.where(self.class_counts > 0, 1.0 - self.momentum, 1.0).to(work)
+            rate = (counts > 0).to(work) * first
+        if mu.dtype == work:
+            mu.add_(rate[:, None] * (batch_mean - mu))
+        else:
+            old = mu.to(work)
+            mu.copy_(old + rate[:, None] * (batch_mean - old))
         self.class_counts += counts.round().long()
 
     def reset_centroids(self) -> None:

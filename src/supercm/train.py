@@ -305,8 +305,11 @@ class Trainer:
     def _aug(self, x: Tensor) -> Tensor:
         return self.augment(x, self.aug_generator)
 
-    def train_step(self) -> dict[str, float]:
-        """One iteration; returns the logged scalars (as tensors until logged)."""
+    def train_step(self, log_terms: bool = True) -> dict[str, Any]:
+        """One iteration; returns the logged scalars (as tensors until logged).
+
+        ``log_terms``: also split L_CM into E1..E4 (forward-only work, for the metrics file).
+        """
         cfg = self.cfg
         model, head = self.model, self.model.head
         model.train()
@@ -334,9 +337,12 @@ class Trainer:
         loss = ce
         logs: dict[str, Any] = {"ce": ce.detach()}
         if beta > 0:
-            terms = head.loss_terms(features, out)
-            loss = loss + beta * terms.total
-            logs.update(cm=terms.total.detach(), e1=terms.e1.detach(), e2=terms.e2.detach(), e3=terms.e3.detach(), e4=terms.e4.detach())
+            cm = head.loss(features, out)
+            loss = loss + beta * cm
+            logs["cm"] = cm.detach()
+            if log_terms:
+                with torch.no_grad():
+                    logs.update(zip(("e1", "e2", "e3", "e4"), head.loss_terms(features.detach(), out)))
         w = rampup(self.iteration, cfg.method.rampup)
         if cfg.method.delta > 0 and unl.numel() > 0:
             step = StepInputs(model, x_l, y_l, x_u_raw, x_u, out.logits[n_l:], self._aug, self.iteration)
@@ -399,12 +405,14 @@ class Trainer:
 
             bar = tqdm(total=tc.iterations, initial=self.iteration, dynamic_ncols=True, leave=False)
         rec: dict[str, float] = {}
+        sink = metrics_f is not None or self._tb is not None or bar is not None  # anyone reading the logs?
         try:
             start = time.perf_counter() - self.elapsed
             while self.iteration < tc.iterations:
-                logs = self.train_step()
-                it = self.iteration
-                if it % tc.log_every == 0 or it == tc.iterations:
+                it = self.iteration + 1
+                logging = sink and (it % tc.log_every == 0 or it == tc.iterations)
+                logs = self.train_step(log_terms=logging)
+                if logging:
                     scalars = {k: float(v) for k, v in logs.items()}
                     if metrics_f is not None:
                         metrics_f.write(json.dumps({"iteration": it, **scalars}) + "\n")
