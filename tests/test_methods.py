@@ -38,7 +38,7 @@ def test_unlabeled_loss_has_nonzero_gradient_wrt_student(name):
     method = build_method(name, {"threshold": 0.5} if name == "pseudo_label" else {})
     model, step = make_step(method, confident=(name == "pseudo_label"))
     loss = method.unlabeled_loss(step)
-    assert loss.dim() == 0 and torch.isfinite(loss) and float(loss) > 0
+    assert loss.dim() == 0 and torch.isfinite(loss) and loss.item() > 0
     loss.backward()
     grads = {n: p.grad for n, p in model.named_parameters()}
     assert all(g is not None for g in grads.values()), [n for n, g in grads.items() if g is None]
