@@ -207,3 +207,9 @@ def test_nonfinite_loss_stops_with_clear_error(digits):
         t.model.head.encoder.weight.fill_(float("nan"))
     with pytest.raises(FloatingPointError, match="lower optim.lr"):
         t.train_step()
+
+
+def test_a_run_directory_refuses_another_config(digits, tmp_path):
+    Trainer(tiny(**{"train.iterations": 2}), tmp_path / "r", dataset=digits)  # writes config.yaml, split.json
+    with pytest.raises(ValueError, match="holds a run with another config"):
+        Trainer(tiny(**{"train.iterations": 2, "train.seed": 5}), tmp_path / "r", dataset=digits)

@@ -25,7 +25,7 @@ def _default_run_dir(cfg, config_path: str | None) -> Path:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from .config import load_config
-    from .train import CHECKPOINT, Trainer
+    from .train import CHECKPOINT, CONFIG, Trainer
 
     if args.config and "=" in args.config and not Path(args.config).exists():
         args.overrides, args.config = [args.config, *args.overrides], None  # only overrides were given
@@ -38,7 +38,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             raise SystemExit("supercm train needs a CONFIG file (see configs/) and/or key=value overrides")
         cfg = load_config(args.config, args.overrides)
         run_dir = Path(args.run_dir) if args.run_dir else _default_run_dir(cfg, args.config)
-        if (run_dir / CHECKPOINT).exists():
+        if (run_dir / CHECKPOINT).exists() or (run_dir / CONFIG).exists():
             raise SystemExit(
                 f"{run_dir} already holds a run; continue it with 'supercm train --resume {run_dir}' "
                 f"or choose another --run-dir (nothing was overwritten)"
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, DatasetMissingError, FileNotFoundError) as exc:
+    except (ConfigError, DatasetMissingError, FileNotFoundError, ValueError) as exc:
         print(f"supercm: error: {exc}", file=sys.stderr)
         return 2
 

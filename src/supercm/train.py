@@ -170,6 +170,14 @@ class Trainer:
 
         data = dataset if dataset is not None else load_dataset(cfg.data.name, cfg.data.root, **self._loader_kwargs())
         self.num_classes = data.num_classes
+        if self.run_dir is not None and (self.run_dir / CONFIG).exists():
+            import yaml
+
+            if yaml.safe_load((self.run_dir / CONFIG).read_text()) != cfg.to_dict():
+                raise ValueError(
+                    f"{self.run_dir} holds a run with another config; resume it with its own config "
+                    f"('supercm train --resume {self.run_dir}') or choose another run directory"
+                )
         split_path = self.run_dir / SPLIT if self.run_dir else None
         if split_path is not None and split_path.exists():
             self.split = SSLSplit.load(split_path)  # never redrawn on resume
