@@ -15,7 +15,6 @@ state on the same batches and their losses and centroids are asserted equal.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 

@@ -276,12 +276,12 @@ def to_markdown(data: dict) -> str:
         f"{s['warmup']} warm-up + {s['reps']} measured repetitions, each of "
         + ", ".join(f"{v} step(s) for {k}" for k, v in s["steps_per_block"].items() if any(r["backbone"] == k for r in rows))
         + ". "
-        f"Ratio = time per step with SuperCM / without, per repetition: median [IQR] (min–max). "
-        f"Component estimate = 1 + (work SuperCM adds, timed alone on the same batch, median) / (median step "
-        f"time with β=0): 'added CM work' = [centroid update + head + CE + β·L_CM + backward] − [head + CE + "
-        f"backward] on the real batch features (interleaved, 30 repetitions); 'extra eval pass' = the no-grad "
-        f"eval-mode backbone pass over the labeled batch. It ignores indirect effects (caches, allocator) but is "
-        f"far less noisy than whole-step ratios on a shared machine.",
+        "Ratio = time per step with SuperCM / without, per repetition: median [IQR] (min–max). "
+        "Component estimate = 1 + (work SuperCM adds, timed alone on the same batch, median) / (median step "
+        "time with β=0): 'added CM work' = [centroid update + head + CE + β·L_CM + backward] − [head + CE + "
+        "backward] on the real batch features (interleaved, 30 repetitions); 'extra eval pass' = the no-grad "
+        "eval-mode backbone pass over the labeled batch. It ignores indirect effects (caches, allocator) but is "
+        "far less noisy than whole-step ratios on a shared machine.",
         "",
     ]
     header = ["backbone", "method", "s/step β=0", "ratio reuse", "ratio eval_pass", "added CM work ms",

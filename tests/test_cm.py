@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import math
-import os
 
 import pytest
 import torch
-import torch.nn.functional as F
 
-from supercm import CENTROID_RULES, ClusteringModule, cm_loss, cm_loss_terms
+from supercm import ClusteringModule, cm_loss, cm_loss_terms
 
 
 def reference_terms(x, gamma, mu, alpha=1.0, eps=1e-8):

@@ -10,14 +10,13 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from supercm.config import from_dict
-from supercm.data import ArrayDataset, load_dataset
+from supercm.data import load_dataset
 from supercm.train import CHECKPOINT, EVALS, METRICS, SUMMARY, BatchSampler, Trainer, rampup
 
 TINY = {

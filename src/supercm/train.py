@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -171,8 +172,6 @@ class Trainer:
         data = dataset if dataset is not None else load_dataset(cfg.data.name, cfg.data.root, **self._loader_kwargs())
         self.num_classes = data.num_classes
         if self.run_dir is not None and (self.run_dir / CONFIG).exists():
-            import yaml
-
             if yaml.safe_load((self.run_dir / CONFIG).read_text()) != cfg.to_dict():
                 raise ValueError(
                     f"{self.run_dir} holds a run with another config; resume it with its own config "
@@ -233,8 +232,6 @@ class Trainer:
                 self.split.save(split_path)
             cfg_path = self.run_dir / CONFIG
             if not cfg_path.exists():
-                import yaml
-
                 cfg_path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
     def _loader_kwargs(self) -> dict:
@@ -247,8 +244,6 @@ class Trainer:
     @classmethod
     def resume(cls, run_dir: str | Path, *, dataset: ArrayDataset | None = None) -> "Trainer":
         """Continue the run in ``run_dir`` from its last checkpoint (same config, same split)."""
-        import yaml
-
         run_dir = Path(run_dir)
         ckpt_path = run_dir / CHECKPOINT
         if not (run_dir / CONFIG).exists():
