@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -13,6 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
 import common  # noqa: E402
 import head  # noqa: E402
+import head_fusion  # noqa: E402
 import overhead  # noqa: E402
 import time_to_accuracy  # noqa: E402
 
@@ -60,6 +62,17 @@ def test_head_benchmark_runs(tmp_path):
     r = loaded["results"][0]
     assert {"n", "d", "K", "project_s", "reference_s", "speedup", "agreement"} <= set(r)
     assert r["speedup"]["median"] > 0 and r["speedup"]["n"] == 2
+
+
+@pytest.mark.skipif(not (shutil.which("g++") or shutil.which("c++")), reason="torch.compile on CPU needs a C++ compiler")
+def test_head_fusion_benchmark_runs(tmp_path):
+    """The compiled arm is checked against the eager head inside time_shape (loss and gradients)."""
+    common.set_threads(1)
+    row = head_fusion.time_shape(n=12, d=6, k=4, reps=1, warmup=0, echo=lambda *_: None)
+    data = {"benchmark": "head_fusion", "command": "test", "machine": common.machine_info(),
+            "settings": {"reps": 1, "warmup": 0, "threads": 1}, "results": [row]}
+    r = _roundtrip("head_fusion", data, head_fusion.to_markdown(data), tmp_path)["results"][0]
+    assert r["compile_s"] > 0 and r["compiled_speedup_over_eager"]["median"] > 0
 
 
 def test_overhead_benchmark_runs(tmp_path):

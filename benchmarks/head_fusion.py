@@ -1,0 +1,160 @@
+"""Does fusing the CM head help? Eager head versus the same head under ``torch.compile``.
+
+One iteration = centroid update + forward + CM loss + backward (as in benchmarks/head.py),
+float32, 1 thread. Arms, interleaved in one process:
+
+- ``eager``: ``ClusteringModule`` as shipped;
+- ``compiled``: the same forward + loss traced by ``torch.compile`` (Inductor: elementwise
+  work and reductions fused into generated C++/Triton kernels, the whole forward and backward
+  each one autograd node), centroid update eager;
+- ``reference``: benchmarks/head.py's loop reference;
+- ``matmul_floor``: the five n×d×K products every implementation needs.
+
+Compilation needs a C++ compiler on CPU and takes ~20–60 s per shape; it is excluded from
+the timings. Before timing, the compiled arm's loss and gradients are asserted equal to the
+eager ones.
+
+    python benchmarks/head_fusion.py            # K=100, d=128 and d=512; K=10, d=128
+    python benchmarks/head_fusion.py --quick    # one small shape, 3 repetitions
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+import head as hb  # noqa: E402
+
+from supercm.cm import cm_loss  # noqa: E402
+
+
+def _forward_loss(x, weight, bias, centroids):
+    out_logits = torch.nn.functional.linear(x, weight, bias)
+    gamma = out_logits.softmax(dim=1)
+    recon = gamma @ centroids
+    return cm_loss(x, gamma, centroids, reconstruction=recon, check_inputs=False)
+
+
+def time_shape(n: int, d: int, k: int, reps: int, warmup: int, echo=print) -> dict:
+    head, ref = hb.make_pair(d, k)
+    x, y = hb.make_batch(n, d, k, seed=0)
+    x.requires_grad_(True)
+    compiled = torch.compile(_forward_loss, fullgraph=True, dynamic=False)
+    t0 = time.perf_counter()
+    compiled(x, head.encoder.weight, head.encoder.bias, head.centroids).backward()
+    compile_s = time.perf_counter() - t0
+
+    # Same loss and gradients as the eager head, from the same state.
+    head.update_centroids(x[: y.numel()].detach(), y)
+    grads = []
+    for fn in (lambda: head.loss(x, head(x)), lambda: compiled(x, head.encoder.weight, head.encoder.bias, head.centroids)):
+        x.grad = None
+        head.zero_grad(set_to_none=True)
+        loss = fn()
+        loss.backward()
+        grads.append((loss.detach(), x.grad.clone(), head.encoder.weight.grad.clone()))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+    def run_eager():
+        x.grad = None
+        head.zero_grad(set_to_none=True)
+        hb.project_step(head, x, y)
+
+    def run_compiled():
+        x.grad = None
+        head.zero_grad(set_to_none=True)
+        head.update_centroids(x[: y.numel()].detach(), y)
+        compiled(x, head.encoder.weight, head.encoder.bias, head.centroids).backward()
+
+    def run_reference():
+        x.grad = None
+        ref.zero_grad(set_to_none=True)
+        hb.reference_step(ref, x, y)
+
+    w, mu, g, gr = head.encoder.weight.detach().clone(), torch.randn(k, d), torch.randn(n, k), torch.randn(n, d)
+    xd = x.detach()
+
+    def run_floor():
+        xd @ w.T, g @ mu, gr @ mu.T, g.T @ xd, g @ w
+
+    arms = {"eager": run_eager, "compiled": run_compiled, "reference": run_reference, "matmul_floor": run_floor}
+    blocks = {a: common.calibrate_block(f, target_s=0.03) for a, f in arms.items()}
+    t = common.interleaved_times(arms, reps=reps, warmup=warmup, block=blocks)
+    row = {
+        "n": n, "d": d, "K": k, "compile_s": compile_s,
+        **{f"{a}_s": common.summarize(v) for a, v in t.items()},
+        "compiled_speedup_over_eager": common.ratio_summary(t["eager"], t["compiled"]),
+        "reference_over_eager": common.ratio_summary(t["reference"], t["eager"]),
+        "reference_over_compiled": common.ratio_summary(t["reference"], t["compiled"]),
+        "reference_over_floor": common.ratio_summary(t["reference"], t["matmul_floor"]),
+    }
+    echo(
+        f"n={n} d={d} K={k}: eager {1e6 * row['eager_s']['median']:.0f} µs, compiled "
+        f"{1e6 * row['compiled_s']['median']:.0f} µs ({common.fmt_ratio(row['compiled_speedup_over_eager'])} faster), "
+        f"reference/eager {common.fmt_ratio(row['reference_over_eager'], 1)}, "
+        f"reference/compiled {common.fmt_ratio(row['reference_over_compiled'], 1)}"
+    )
+    return row
+
+
+def to_markdown(data: dict) -> str:
+    s = data["settings"]
+    out = [
+        "### CM head: eager versus torch.compile",
+        "",
+        f"Command: `{data['command']}`  ",
+        "Machine: " + common.machine_line(data["machine"]) + "  ",
+        f"One iteration = centroid update + forward + CM loss + backward, float32, {s['reps']} interleaved "
+        f"repetitions after {s['warmup']} warm-up (blocks of ≈30 ms), median [IQR] of per-repetition ratios. "
+        "Compiled arm: forward + loss under torch.compile (fullgraph, static shapes), update eager; its loss "
+        "and gradients were asserted equal to the eager head's. Compile time excluded.",
+        "",
+    ]
+    rows = [
+        [
+            r["n"], r["K"], r["d"], f"{r['compile_s']:.0f}",
+            f"{1e6 * r['eager_s']['median']:.0f}", f"{1e6 * r['compiled_s']['median']:.0f}",
+            common.fmt_ratio(r["compiled_speedup_over_eager"]),
+            f"{1e6 * r['reference_s']['median']:.0f}", f"{1e6 * r['matmul_floor_s']['median']:.0f}",
+            common.fmt_ratio(r["reference_over_eager"], 1), common.fmt_ratio(r["reference_over_compiled"], 1),
+            common.fmt_ratio(r["reference_over_floor"], 1),
+        ]
+        for r in data["results"]
+    ]
+    out.append(common.markdown_table(
+        ["n", "K", "d", "compile s", "eager µs", "compiled µs", "compiled speed-up (×)", "reference µs",
+         "matmul floor µs", "reference / eager", "reference / compiled", "reference / floor"], rows))
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="one small shape, 3 repetitions")
+    p.add_argument("--reps", type=int, default=None, help="measured repetitions (default 20)")
+    p.add_argument("--out", default=None, help="output folder (default benchmarks/results)")
+    a = p.parse_args(argv)
+    threads = common.set_threads(1)
+    machine = common.machine_info()
+    shapes = [(32, 16, 10)] if a.quick else [(128, 128, 10), (128, 128, 100), (128, 512, 100)]
+    reps, warmup = (a.reps or (3 if a.quick else 20)), (1 if a.quick else 2)
+    rows = [time_shape(n, d, k, reps, warmup) for n, d, k in shapes]
+    data = {
+        "benchmark": "head_fusion",
+        "command": common.command_line(),
+        "machine": machine,
+        "settings": {"reps": reps, "warmup": warmup, "threads": threads},
+        "results": rows,
+    }
+    jp, mp = common.write_results("head_fusion", data, to_markdown(data), a.out)
+    print(f"wrote {jp} and {mp}")
+
+
+if __name__ == "__main__":
+    main()
