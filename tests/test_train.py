@@ -84,9 +84,12 @@ def test_logged_loss_is_ce_plus_beta_cm(digits, beta):
     for _ in range(3):
         trainer.train_step()
     want, want_ce = _objective_by_hand(trainer, beta)
-    logs = trainer.train_step()
+    logs = trainer.train_step(log_terms=True)
     assert math.isclose(float(logs["loss"]), want, rel_tol=1e-5)
     assert math.isclose(float(logs["ce"]), want_ce, rel_tol=1e-5)
+    if beta > 0:  # the logged split adds up to the CM loss; unlogged steps skip it
+        assert math.isclose(sum(float(logs[e]) for e in ("e1", "e2", "e3", "e4")), float(logs["cm"]), rel_tol=1e-4)
+        assert "e1" not in trainer.train_step()
     if beta == 0:
         assert float(logs["loss"]) == float(logs["ce"])
         assert "cm" not in logs and trainer.model.head.centroids.abs().sum() == 0

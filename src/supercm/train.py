@@ -308,10 +308,11 @@ class Trainer:
     def _aug(self, x: Tensor) -> Tensor:
         return self.augment(x, self.aug_generator)
 
-    def train_step(self, log_terms: bool = True) -> dict[str, Any]:
+    def train_step(self, log_terms: bool = False) -> dict[str, Any]:
         """One iteration; returns the logged scalars (as tensors until logged).
 
-        ``log_terms``: also split L_CM into E1..E4 (forward-only work, for the metrics file).
+        ``log_terms``: also split L_CM into E1..E4 (extra forward-only work, for the metrics
+        file; :meth:`fit` asks for it on logged iterations only).
         """
         cfg = self.cfg
         model, head = self.model, self.model.head
