@@ -187,6 +187,48 @@ def test_cifar10(tmp_path, no_md5):
     assert ds.test_x.flatten(1).mean(0).abs().max() > 1e-3
 
 
+def test_cifar_preprocessing_is_cached_and_keyed_by_the_pixels(tmp_path, no_md5, monkeypatch):
+    import supercm.data.torchvision_sets as tvs
+
+    _write_cifar10(tmp_path)
+    first = load_dataset("cifar10", str(tmp_path))
+    cached = list((tmp_path / tvs.CACHE_DIR).glob("cifar10-gcn-zca-*.pt"))
+    assert len(cached) == 1
+    # A second load reads the cache: identical arrays, and GCN + ZCA is not run again.
+    calls = []
+    real = tvs.gcn_zca
+    monkeypatch.setattr(tvs, "gcn_zca", lambda *a: calls.append(1) or real(*a))
+    second = load_dataset("cifar10", str(tmp_path))
+    assert calls == []
+    assert torch.equal(second.train_x, first.train_x) and torch.equal(second.test_x, first.test_x)
+    assert second.train_y.tolist() == first.train_y.tolist()
+    # cache=False neither reads nor writes it.
+    load_dataset("cifar10", str(tmp_path), cache=False)
+    assert calls == [1]
+    # A truncated cache file is reported, recomputed and rewritten.
+    cached[0].write_bytes(cached[0].read_bytes()[:100])
+    with pytest.warns(UserWarning, match="unreadable preprocessing cache"):
+        third = load_dataset("cifar10", str(tmp_path))
+    assert calls == [1, 1] and torch.equal(third.train_x, first.train_x)
+    assert torch.equal(load_dataset("cifar10", str(tmp_path)).train_x, first.train_x) and calls == [1, 1]
+    # Other pixels: another key, so the stale arrays are never used.
+    other = tmp_path / "other"
+    _write_cifar10(other)
+    load_dataset("cifar10", str(other))
+    assert calls == [1, 1, 1]
+    assert {f.name for f in (other / tvs.CACHE_DIR).iterdir()}.isdisjoint(f.name for f in cached)
+
+
+def test_cifar_cache_that_cannot_be_written_only_warns(tmp_path, no_md5, monkeypatch):
+    import supercm.data.torchvision_sets as tvs
+
+    _write_cifar10(tmp_path)
+    (tmp_path / tvs.CACHE_DIR).write_text("a file where the cache folder should be")
+    with pytest.warns(UserWarning, match="could not write the preprocessing cache"):
+        ds = load_dataset("cifar10", str(tmp_path))
+    assert ds.train_x.shape == (40, 3, 32, 32)
+
+
 def test_cifar100_uses_fine_labels(tmp_path, no_md5):
     folder = tmp_path / "cifar-100-python"
     folder.mkdir()
