@@ -20,7 +20,7 @@ al.'s ``(x/255 − 0.5)·2``). Missing files raise :class:`DatasetMissingError`
 naming the files and how to get them.
 
 CIFAR's GCN + ZCA (33 s on two idle CPU cores for CIFAR-10's 60,000 images) is cached
-under ``root/supercm-cache/`` (737 MB for CIFAR-10; a cached load takes 1.7 s, most of it
+under ``root/supercm-cache/`` (703 MiB for CIFAR-10; a cached load takes 1.7 s, most of it
 torchvision unpickling and hashing): one file per dataset, named by a SHA-256 of the raw pixels
 and the preprocessing constants, so a changed file or constant never reuses stale
 arrays. A cache that cannot be read is recomputed; one that cannot be written
