@@ -73,6 +73,7 @@ def test_head_fusion_benchmark_runs(tmp_path):
             "settings": {"reps": 1, "warmup": 0, "threads": 1}, "results": [row]}
     r = _roundtrip("head_fusion", data, head_fusion.to_markdown(data), tmp_path)["results"][0]
     assert r["compile_s"] > 0 and r["compiled_speedup_over_eager"]["median"] > 0
+    assert r["hand_fused_speedup_over_eager"]["median"] > 0
 
 
 def test_overhead_benchmark_runs(tmp_path):
