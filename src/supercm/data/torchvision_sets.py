@@ -24,7 +24,7 @@ under ``root/supercm-cache/`` (703 MiB for CIFAR-10; a cached load takes 1.7 s, 
 torchvision unpickling and hashing): one file per dataset, named by a SHA-256 of the raw pixels
 and the preprocessing constants, so a changed file or constant never reuses stale
 arrays. A cache that cannot be read is recomputed; one that cannot be written
-only costs the minute next time.
+only costs the preprocessing again next time.
 """
 
 from __future__ import annotations
