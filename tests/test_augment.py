@@ -69,6 +69,37 @@ def test_crop_is_a_window_of_the_reflect_padded_input():
     assert len(offsets) > 10  # offsets drawn per sample, over the whole (2p+1)² range
 
 
+def test_batch_draw_shares_one_flip_and_one_offset_across_the_batch():
+    """draw="batch" (SPEC §5): every image gets the same flip decision and the same crop window."""
+    p, h, w = 2, 6, 5
+    aug = Augment(flip=True, crop_pad=p, draw="batch")
+    g = _gen()
+    x = _batch(n=16, c=2, h=h, w=w)
+    seen_flips, seen_offsets = set(), set()
+    for _ in range(60):
+        out = aug(x, g)
+        for flipped in (False, True):
+            src = x.flip(-1) if flipped else x
+            padded = F.pad(src, (p, p, p, p), mode="reflect")
+            common = [
+                (i, j)
+                for i in range(2 * p + 1)
+                for j in range(2 * p + 1)
+                if torch.equal(out, padded[:, :, i : i + h, j : j + w])  # the whole batch at once
+            ]
+            if common:
+                seen_flips.add(flipped)
+                seen_offsets.update(common)
+                break
+        else:
+            raise AssertionError("the batch is not one shared flip + one shared window of its padded input")
+    assert seen_flips == {False, True}  # the shared decision still varies from batch to batch
+    assert len(seen_offsets) > 10
+    # Noise stays elementwise with batch draws.
+    noisy = Augment(noise_std=0.15, draw="batch")(torch.zeros(64, 3, 8, 8), _gen())
+    assert not torch.equal(noisy[0], noisy[1]) and abs(noisy.std().item() - 0.15) < 0.01
+
+
 def test_noise_std():
     x = torch.zeros(256, 3, 16, 16)
     out = Augment(noise_std=0.15)(x, _gen())
@@ -104,6 +135,9 @@ def test_from_dict_validates_keys_and_values():
         Augment.from_dict({"noise_std": -0.1})
     with pytest.raises(TypeError):
         Augment.from_dict({"flip": 1})
+    with pytest.raises(ValueError, match="draw must be one of sample, batch"):
+        Augment.from_dict({"flip": True, "draw": "image"})
+    assert Augment.from_dict({"flip": True, "draw": "batch"}).draw == "batch"
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")

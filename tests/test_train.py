@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from supercm.config import from_dict
+from supercm.config import ConfigError, from_dict
 from supercm.data import load_dataset
 from supercm.train import CHECKPOINT, EVALS, METRICS, SUMMARY, BatchSampler, Trainer, rampup
 
@@ -215,3 +215,25 @@ def test_a_run_directory_refuses_another_config(digits, tmp_path):
     Trainer(tiny(**{"train.iterations": 2}), tmp_path / "r", dataset=digits)  # writes config.yaml, split.json
     with pytest.raises(ValueError, match="holds a run with another config"):
         Trainer(tiny(**{"train.iterations": 2, "train.seed": 5}), tmp_path / "r", dataset=digits)
+
+
+def test_a_run_saved_before_a_config_key_existed_still_resumes(digits, tmp_path):
+    """config.yaml written by an older version (without data.augment_draw) resumes with that key's default."""
+    import yaml
+
+    t = Trainer(tiny(**{"train.iterations": 4, "train.checkpoint_every": 2}), tmp_path / "r", dataset=digits)
+    t.fit()
+    saved = yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())
+    del saved["data"]["augment_draw"]
+    (tmp_path / "r" / "config.yaml").write_text(yaml.safe_dump(saved))
+    resumed = Trainer.resume(tmp_path / "r", dataset=digits)
+    assert resumed.iteration == 4 and resumed.cfg.data.augment_draw == "sample"
+
+
+def test_batch_draw_reaches_the_trainer_and_config_errors_name_the_key(digits):
+    t = Trainer(tiny(**{"data.augment_draw": "batch", "data.augmentation": {"noise_std": 0.1}}), None, dataset=digits)
+    assert t.augment.draw == "batch" and t.augment.noise_std == 0.1
+    with pytest.raises(ConfigError, match="data.augment_draw"):
+        tiny(**{"data.augment_draw": "image"})
+    with pytest.raises(ConfigError, match="set data.augment_draw instead"):
+        tiny(**{"data.augmentation": {"crop_pad": 2, "draw": "batch"}})

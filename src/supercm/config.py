@@ -29,6 +29,7 @@ class DataConfig:
     download: bool = False  # let torchvision download (needs the internet)
     augment: bool = True  # augment training batches (false: never)
     augmentation: dict | None = None  # {flip, crop_pad, noise_std}; None: the dataset's paper default
+    augment_draw: str = "sample"  # sample: flip/crop drawn per image; batch: one draw per batch (SPEC §5)
     options: dict = field(default_factory=dict)  # extra loader keyword arguments
 
 
@@ -233,5 +234,9 @@ def validate(cfg: Config) -> None:
     need(cfg.train.checkpoint_every >= 0, "train.checkpoint_every", f"must be ≥ 0, got {cfg.train.checkpoint_every}")
     need(cfg.train.log_every >= 1, "train.log_every", f"must be ≥ 1, got {cfg.train.log_every}")
     need(0 <= cfg.train.ema_decay < 1, "train.ema_decay", f"must be in [0, 1), got {cfg.train.ema_decay}")
+    need(cfg.data.augment_draw in ("sample", "batch"), "data.augment_draw",
+         f"must be 'sample' or 'batch', got {cfg.data.augment_draw!r}")
+    need(cfg.data.augmentation is None or "draw" not in cfg.data.augmentation, "data.augmentation",
+         "must not hold 'draw': set data.augment_draw instead")
     need(cfg.data.num_labeled >= 1, "data.num_labeled", f"must be ≥ 1, got {cfg.data.num_labeled}")
     need(cfg.data.num_validation >= 0, "data.num_validation", f"must be ≥ 0, got {cfg.data.num_validation}")

@@ -172,7 +172,9 @@ class Trainer:
         data = dataset if dataset is not None else load_dataset(cfg.data.name, cfg.data.root, **self._loader_kwargs())
         self.num_classes = data.num_classes
         if self.run_dir is not None and (self.run_dir / CONFIG).exists():
-            if yaml.safe_load((self.run_dir / CONFIG).read_text()) != cfg.to_dict():
+            # Compared after filling defaults, so a run saved before a new config key existed
+            # (with that key's default behaviour) still resumes.
+            if from_dict(yaml.safe_load((self.run_dir / CONFIG).read_text())).to_dict() != cfg.to_dict():
                 raise ValueError(
                     f"{self.run_dir} holds a run with another config; resume it with its own config "
                     f"('supercm train --resume {self.run_dir}') or choose another run directory"
@@ -190,7 +192,7 @@ class Trainer:
         self.x_test, self.y_test = data.test_x.to(dev), data.test_y.to(dev)
         self.val_idx = self.split.validation.to(dev)
         aug = data.augment if cfg.data.augmentation is None else cfg.data.augmentation
-        self.augment = Augment.from_dict(aug) if cfg.data.augment else Augment()
+        self.augment = Augment.from_dict({**(aug or {}), "draw": cfg.data.augment_draw}) if cfg.data.augment else Augment()
 
         backbone = build_backbone(cfg.model.backbone, data.input_shape, **cfg.model.options)
         head = ClusteringModule(

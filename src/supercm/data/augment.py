@@ -16,17 +16,26 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
+#: Values of ``Augment.draw``: per image, or one flip decision and crop offset per batch.
+DRAWS = ("sample", "batch")
+
+
 @dataclass(frozen=True)
 class Augment:
     """``aug(x, generator)`` augments a training batch ``x``.
 
-    For images (N, C, H, W), per sample and independently:
+    For images (N, C, H, W):
 
     * ``flip``: with probability 0.5, ``x[n] ← x[n].flip(-1)`` (horizontal flip);
     * ``crop_pad = p > 0``: reflect-pad by ``p`` on every side to (H+2p, W+2p), then
       take the H×W window at a uniformly random offset ``(i, j) ∈ {0..2p}²``:
       ``out[n, :, h, w] = pad(x)[n, :, i_n + h, j_n + w]`` (requires p < H and p < W);
     * ``noise_std = σ > 0``: ``x ← x + σ·ε``, ε ~ N(0, 1) elementwise.
+
+    ``draw`` says who shares a flip decision and a crop offset: ``"sample"`` (default)
+    draws them per image (common practice); ``"batch"`` draws one of each for the whole
+    batch: the paper's protocol as SPEC §5 gives it ("one draw per batch"). The noise
+    is elementwise either way.
 
     For vectors (N, D) only the noise applies. With everything off the call returns
     ``x`` itself. The output has ``x``'s shape, dtype and device.
@@ -35,6 +44,7 @@ class Augment:
     flip: bool = False
     crop_pad: int = 0
     noise_std: float = 0.0
+    draw: str = "sample"
 
     def __post_init__(self) -> None:
         if not isinstance(self.flip, bool):
@@ -43,6 +53,8 @@ class Augment:
             raise ValueError(f"Augment.crop_pad must be an int ≥ 0, got {self.crop_pad!r}")
         if isinstance(self.noise_std, bool) or not isinstance(self.noise_std, (int, float)) or self.noise_std < 0:
             raise ValueError(f"Augment.noise_std must be a number ≥ 0, got {self.noise_std!r}")
+        if self.draw not in DRAWS:
+            raise ValueError(f"Augment.draw must be one of {', '.join(DRAWS)}, got {self.draw!r}")
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> "Augment":
@@ -77,9 +89,12 @@ class Augment:
             x = x + self.noise_std * noise
         return x
 
-    @staticmethod
-    def _flip(x: Tensor, generator: torch.Generator) -> Tensor:
-        flipped = torch.rand(x.shape[0], generator=generator, device=x.device) < 0.5
+    def _draws(self, n: int) -> int:
+        """How many independent flip decisions / crop offsets a batch of ``n`` images gets."""
+        return n if self.draw == "sample" else 1
+
+    def _flip(self, x: Tensor, generator: torch.Generator) -> Tensor:
+        flipped = torch.rand(self._draws(x.shape[0]), generator=generator, device=x.device) < 0.5
         return torch.where(flipped.view(-1, 1, 1, 1), x.flip(-1), x)
 
     def _crop(self, x: Tensor, generator: torch.Generator) -> Tensor:
@@ -88,7 +103,8 @@ class Augment:
         if p >= h or p >= w:
             raise ValueError(f"crop_pad={p} needs images larger than {p}×{p} for reflect padding, got {h}×{w}")
         padded = F.pad(x, (p, p, p, p), mode="reflect")  # (N, C, H+2p, W+2p)
-        offsets = torch.randint(0, 2 * p + 1, (n, 2), generator=generator, device=x.device)
+        offsets = torch.randint(0, 2 * p + 1, (self._draws(n), 2), generator=generator, device=x.device)
+        offsets = offsets.expand(n, 2)
         rows = offsets[:, :1] + torch.arange(h, device=x.device)  # (N, H)
         cols = offsets[:, 1:] + torch.arange(w, device=x.device)  # (N, W)
         # Gather rows then columns: (N, C, H, W+2p) then (N, C, H, W).
