@@ -13,9 +13,10 @@ float32, 1 thread. Arms, interleaved in one process:
 - ``reference``: benchmarks/head.py's loop reference;
 - ``matmul_floor``: the five n×d×K products every implementation needs.
 
-Compilation needs a C++ compiler on CPU and takes ~20–60 s per shape; it is excluded from
-the timings. Before timing, the compiled and hand-fused arms' losses, gradients (and
-the hand-fused arm's centroids) are asserted equal to the eager ones.
+Compilation needs a C++ compiler on CPU and took 9–22 s for the first shape here (less once
+Inductor has cached its kernels); it is excluded from the timings. Before timing, the
+compiled and hand-fused arms' losses, gradients (and the hand-fused arm's centroids) are
+asserted equal to the eager ones.
 
     python benchmarks/head_fusion.py            # K=100, d=128 and d=512; K=10, d=128
     python benchmarks/head_fusion.py --quick    # one small shape, 3 repetitions
