@@ -108,6 +108,34 @@ def check_agreement(n: int, d: int, k: int, steps: int = 3, dtype=torch.float64)
     return {"steps": steps, "dtype": str(dtype).replace("torch.", ""), "max_rel_loss_diff": worst}
 
 
+def step_arm(step, module: nn.Module, x: Tensor, y: Tensor):
+    """A timing arm: clear the gradients, then one ``step(module, x, y)``."""
+
+    def run():
+        x.grad = None
+        module.zero_grad(set_to_none=True)
+        step(module, x, y)
+
+    return run
+
+
+def matmul_floor_arm(x: Tensor, weight: Tensor):
+    """A timing arm running only the five n×d×K products any CM head needs.
+
+    Encoder forward (x Wᵀ), decoder (γμ), and the backward products into γ (∂x̃ μᵀ), x (∂z W)
+    and W (∂zᵀ x). Every implementation pays them, so they bound the possible speed-up.
+    """
+    n, d = x.shape
+    k = weight.shape[0]
+    xd, w = x.detach(), weight.detach().clone()
+    mu, g, gr = torch.randn(k, d), torch.randn(n, k), torch.randn(n, d)
+
+    def run():
+        xd @ w.T, g @ mu, gr @ mu.T, g.T @ xd, g @ w
+
+    return run
+
+
 def time_config(n: int, d: int, k: int, reps: int, warmup: int) -> dict:
     """Seconds per iteration of both heads (float32), interleaved, and their ratio."""
     agree64 = check_agreement(n, d, k, dtype=torch.float64)
@@ -116,25 +144,11 @@ def time_config(n: int, d: int, k: int, reps: int, warmup: int) -> dict:
     x, y = make_batch(n, d, k, seed=0)
     x.requires_grad_(True)
 
-    def run_project():
-        x.grad = None
-        head.zero_grad(set_to_none=True)
-        project_step(head, x, y)
-
-    def run_reference():
-        x.grad = None
-        ref.zero_grad(set_to_none=True)
-        reference_step(ref, x, y)
-
-    # The five (n×d×K) matrix products any implementation needs: encoder forward, γμ, and the
-    # backward products into γ, x and W. Both heads pay them; they bound the possible speed-up.
-    w, mu, g = head.encoder.weight.detach().clone(), torch.randn(k, d), torch.randn(n, k)
-    xd = x.detach()
-
-    def run_floor():
-        xd @ w.T, g @ mu, (g @ mu) @ mu.T, g.T @ xd, g @ w
-
-    arms = {"project": run_project, "reference": run_reference, "matmul_floor": run_floor}
+    arms = {
+        "project": step_arm(project_step, head, x, y),
+        "reference": step_arm(reference_step, ref, x, y),
+        "matmul_floor": matmul_floor_arm(x, head.encoder.weight),
+    }
     blocks = {name: common.calibrate_block(fn, target_s=0.03) for name, fn in arms.items()}
     times = common.interleaved_times(arms, reps=reps, warmup=warmup, block=blocks)
     return {

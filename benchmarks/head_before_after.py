@@ -46,15 +46,11 @@ def main(argv: list[str] | None = None) -> None:
         x, y = hb.make_batch(n, d, k, seed=0)
         x.requires_grad_(True)
 
-        def arm(fn, module):
-            def run():
-                x.grad = None
-                module.zero_grad(set_to_none=True)
-                fn(module, x, y)
-
-            return run
-
-        arms = {"new": arm(hb.project_step, new), "old": arm(hb.project_step, old), "reference": arm(hb.reference_step, ref)}
+        arms = {
+            "new": hb.step_arm(hb.project_step, new, x, y),
+            "old": hb.step_arm(hb.project_step, old, x, y),
+            "reference": hb.step_arm(hb.reference_step, ref, x, y),
+        }
         blocks = {a: common.calibrate_block(f, target_s=0.03) for a, f in arms.items()}
         t = common.interleaved_times(arms, reps=15, warmup=2, block=blocks)
         med = {a: 1e6 * common.summarize(v)["median"] for a, v in t.items()}

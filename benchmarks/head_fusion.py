@@ -130,35 +130,17 @@ def time_shape(n: int, d: int, k: int, reps: int, warmup: int, echo=print) -> di
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
-    def run_eager():
-        x.grad = None
-        head.zero_grad(set_to_none=True)
-        hb.project_step(head, x, y)
+    def compiled_step(module, x, y):
+        module.update_centroids(x[: y.numel()].detach(), y)
+        compiled(x, module.encoder.weight, module.encoder.bias, module.centroids).backward()
 
-    def run_compiled():
-        x.grad = None
-        head.zero_grad(set_to_none=True)
-        head.update_centroids(x[: y.numel()].detach(), y)
-        compiled(x, head.encoder.weight, head.encoder.bias, head.centroids).backward()
-
-    def run_hand_fused():
-        x.grad = None
-        head.zero_grad(set_to_none=True)
-        fused.step(x, y)
-
-    def run_reference():
-        x.grad = None
-        ref.zero_grad(set_to_none=True)
-        hb.reference_step(ref, x, y)
-
-    w, mu, g, gr = head.encoder.weight.detach().clone(), torch.randn(k, d), torch.randn(n, k), torch.randn(n, d)
-    xd = x.detach()
-
-    def run_floor():
-        xd @ w.T, g @ mu, gr @ mu.T, g.T @ xd, g @ w
-
-    arms = {"eager": run_eager, "compiled": run_compiled, "hand_fused": run_hand_fused, "reference": run_reference,
-            "matmul_floor": run_floor}
+    arms = {
+        "eager": hb.step_arm(hb.project_step, head, x, y),
+        "compiled": hb.step_arm(compiled_step, head, x, y),
+        "hand_fused": hb.step_arm(lambda module, x, y: fused.step(x, y), head, x, y),
+        "reference": hb.step_arm(hb.reference_step, ref, x, y),
+        "matmul_floor": hb.matmul_floor_arm(x, head.encoder.weight),
+    }
     blocks = {a: common.calibrate_block(f, target_s=0.03) for a, f in arms.items()}
     t = common.interleaved_times(arms, reps=reps, warmup=warmup, block=blocks)
     row = {
