@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 import torch.nn.functional as F
+import yaml
 from torch import Tensor, nn
 
 from .cm import ClusteringModule
