@@ -7,17 +7,26 @@ Where the values come from:
 - *paper*: SPEC §5, the SuperCM paper's protocol (Oliver et al. 2018): WRN-28-2 (WRN-28-8 for
   CIFAR-100), Adam, batch 50 + 50, 500k iterations, lr × 0.2 at 400k, ramp-up over 200k,
   validation 5000 (7326 for SVHN), weight-EMA 0.99, augmentation drawn once per batch
-  (``data.augment_draw: batch``), and the β / base weight / lr table. The CPU-scale configs
-  keep per-image draws (the default), with which their results in BENCHMARKS.md were measured.
-- *scaled*: the authors' code averages cross-entropy over the whole batch with the unlabeled
-  half ignored, which halves CE. This project's CE is the mean over the labeled samples. Adam's
-  step does not change when the whole loss is multiplied by a constant, so the authors'
-  ``CE/2 + β·L_CM + δ·L_base`` equals ours with **β and δ doubled**; the configs hold the
-  doubled values and say so.
+  (``data.augment_draw: batch``). The CPU-scale configs keep per-image draws (the default).
+- *authors*: the authors' released code (``Durgesh93/SuperCM``, commit 192cb88,
+  ``lib/config/{none,pl,vat,pi,mt}/config_*.py``), which stores γ (base weight), β and lr as
+  base-10 logarithms; :data:`AUTHORS` below copies those logarithms, for **both** arms (with and
+  without SuperCM), per dataset, method and, where they differ, label budget. Also theirs:
+  Pseudo-Label's and VAT's forms (``variant: authors``: a 10×one-hot/soft target on a second
+  pass; KL(p(x + r_adv) ‖ p(x))), the CE baseline's batch of 100 labeled samples and no
+  unlabeled ones, BatchNorm momentum 0.1 in the WRN (their BatchNorm drops the 1e-3 it is given).
+- *scaled*: the authors average cross-entropy over the whole joined batch with the unlabeled
+  half ignored, which halves CE, and every base loss the same way (``(loss * mask).mean()``),
+  which halves it too, while L_CM is normalised by the whole batch. In this project's form
+  (CE over the labeled samples, L_base over the unlabeled ones) their
+  ``CE/2 + β·L_CM + γ·L_base/2`` is ½·(CE + 2β·L_CM + γ·L_base): Adam's step does not change
+  when the whole loss is multiplied by a constant, so **β is doubled and δ = γ as given**.
+  (The CE baseline, 100 labeled samples and no unlabeled ones, is not halved.)
 - *ours*: VAT's ξ = 1e-3 instead of 1e-6 (in float32 a 1e-6 probe returns a noise direction:
-  see ``supercm/methods/vat.py``); values the paper does not give (the base methods' weights without SuperCM, taken from
-  Oliver et al.'s defaults: Pseudo-Label 1.0, VAT 0.3, Π-Model 20, Mean Teacher 8; lr 3e-4 for
-  the baselines; VAT+CM on CIFAR-100) and everything at CPU scale.
+  see ``supercm/methods/vat.py``); settings the authors' code has no config for (CIFAR-10 with
+  40/250/1000/2000 labels for Pseudo-Label, Π-Model and Mean Teacher: their 600-label values;
+  VAT with 40 labels: their 250–2000-label values; CIFAR-100 for Pseudo-Label, Π-Model and Mean
+  Teacher: CIFAR-10's 600-label values); everything at CPU scale.
 """
 
 from __future__ import annotations
@@ -29,16 +38,77 @@ import yaml
 HERE = Path(__file__).resolve().parent
 METHODS = ("supervised", "pseudo_label", "vat", "pi_model", "mean_teacher")
 
-# Base methods alone (ours: Oliver et al.'s defaults).
-BASE_ALONE = {
-    "supervised": {},
-    "pseudo_label": {"delta": 1.0, "options": {"threshold": 0.95}},
-    # xi 1e-3, not the paper's 1e-6: in float32 a 1e-6 probe is below rounding noise (see methods/vat.py).
-    "vat": {"delta": 0.3, "options": {"xi": 1e-3, "epsilon": 6.0, "power_iterations": 1}},
-    "pi_model": {"delta": 20.0},
-    "mean_teacher": {"delta": 8.0, "options": {"decay": 0.95}},
+# The authors' lib/config values, as the base-10 logarithms they store (None: the weight is 0).
+# (dataset, method) -> {label budget or "*": {"base": (log γ, log lr), "cm": (log γ, log β, log lr)}}
+AUTHORS: dict[tuple[str, str], dict] = {
+    ("mnist", "supervised"): {"*": {"base": (None, -2.86), "cm": (None, -0.73, -2.86)}},
+    ("svhn", "supervised"): {"*": {"base": (None, -3), "cm": (None, -0.73, -3)}},
+    ("cifar10", "supervised"): {"*": {"base": (None, -3.5228), "cm": (None, -0.73, -3.5228)}},
+    ("cifar100", "supervised"): {"*": {"base": (None, -3), "cm": (None, -1.8, -3)}},
+    ("mnist", "pseudo_label"): {"*": {"base": (-0.73, -3), "cm": (-0.73, 0.48, -3)}},
+    ("svhn", "pseudo_label"): {"*": {"base": (-0.73, -3), "cm": (-0.73, 0.48, -3)}},
+    ("cifar10", "pseudo_label"): {
+        600: {"base": (-0.8751, -2.938), "cm": (-0.7332, 0.4827, -3.5228)},
+        4000: {"base": (-0.8751, -3.5228), "cm": (-0.7332, 0.4827, -3.5228)},
+    },
+    ("mnist", "vat"): {"*": {"base": (-0.4075, -3), "cm": (-0.4075, -0.20, -3)}},
+    ("svhn", "vat"): {"*": {"base": (-0.4075, -3), "cm": (-0.4075, -0.20, -3)}},
+    ("cifar10", "vat"): {
+        250: {"base": (-0.4075, -3.445), "cm": (0.75, -0.20, -3.445)},
+        600: {"base": (-0.4075, -3.445), "cm": (0.75, -0.20, -3.445)},
+        1000: {"base": (-0.4075, -3.445), "cm": (0.75, -0.20, -3.445)},
+        2000: {"base": (-0.4075, -3.445), "cm": (0.75, -0.20, -3.445)},
+        4000: {"base": (0.1610, -2.5228), "cm": (0.5674, -0.4201, -2.5228)},
+    },
+    ("cifar100", "vat"): {"*": {"base": (-0.4075, -3.445), "cm": (0.5674, -0.4201, -3.445)}},
+    ("mnist", "pi_model"): {"*": {"base": (-0.70, -3), "cm": (-0.70, -0.7524, -3)}},
+    ("svhn", "pi_model"): {"*": {"base": (-0.70, -3), "cm": (-0.70, -0.7524, -3)}},
+    ("cifar10", "pi_model"): {"*": {"base": (-0.70, -3), "cm": (-0.70, -0.7524, -3)}},
+    ("mnist", "mean_teacher"): {"*": {"base": (-0.81, -3), "cm": (-0.81, -0.89, -3)}},
+    ("svhn", "mean_teacher"): {"*": {"base": (-0.81, -3), "cm": (-0.81, -0.89, -3)}},
+    ("cifar10", "mean_teacher"): {"*": {"base": (-0.81, -3), "cm": (-0.81, -0.89, -3)}},
 }
-BASE_ALONE_LR = 3e-4
+# Settings the authors' code has no config for (ours), mapped to the one whose values they take.
+FALLBACK = {
+    ("cifar10", "pseudo_label"): 600,  # 40/250/1000/2000 labels
+    ("cifar10", "vat"): 250,  # 40 labels
+    ("cifar100", "pseudo_label"): ("cifar10", 600),
+    ("cifar100", "pi_model"): ("cifar10", 600),
+    ("cifar100", "mean_teacher"): ("cifar10", 600),
+}
+METHOD_OPTIONS = {  # the authors' values; ξ is ours (see the module docstring)
+    "supervised": {},
+    "pseudo_label": {"threshold": 0.95, "variant": "authors"},
+    "vat": {"xi": 1e-3, "epsilon": 6.0, "power_iterations": 1, "variant": "authors"},
+    "pi_model": {},
+    "mean_teacher": {"decay": 0.95},
+}
+
+
+def _dec(log10: float | None) -> float:
+    """The authors' decoding, ``10**x`` (0 for a missing weight), to 4 significant digits."""
+    return 0.0 if log10 is None else float(f"{10.0 ** log10:.4g}")
+
+
+def authors_values(dataset: str, method: str, labels: int, cm: bool) -> tuple[float, float, float, str]:
+    """(β as the authors give it, γ, lr, where from) for one setting and arm."""
+    table = AUTHORS.get((dataset, method))
+    source = "authors' lib/config"
+    if table is None:
+        dataset, budget = FALLBACK[(dataset, method)]
+        table, source = AUTHORS[(dataset, method)], f"ours: the authors' {dataset} {budget}-label values"
+        entry = table.get(budget) or table["*"]
+    elif labels in table or "*" in table:
+        entry = table.get(labels) or table["*"]
+    else:
+        budget = FALLBACK[(dataset, method)]
+        entry, source = table[budget], f"ours: the authors' {budget}-label values"
+    if cm:
+        g, b, lr = entry["cm"]
+        return _dec(b), _dec(g), _dec(lr), source
+    g, lr = entry["base"]
+    return 0.0, _dec(g), _dec(lr), source
+
 
 PAPER_DATA = {  # name: (backbone, validation, label budgets)
     "mnist": ("wrn28_2", 5000, (100, 1000)),
@@ -48,50 +118,32 @@ PAPER_DATA = {  # name: (backbone, validation, label budgets)
 }
 
 
-def paper_cm(dataset: str, method: str) -> tuple[float, float, float]:
-    """(β, δ, lr) of the paper's SuperCM setting, as printed (before doubling)."""
-    if method == "supervised":
-        if dataset == "cifar100":
-            return 0.0158, 0.0, 1e-3
-        return 0.186, 0.0, {"cifar10": 3.0e-4, "svhn": 1e-3, "mnist": 1.38e-3}[dataset]
-    if method == "pseudo_label":
-        return 3.04, 0.185, 3e-4 if dataset == "cifar10" else 1e-3
-    if method == "vat":
-        return (0.631, 5.62, 3.59e-4) if dataset == "cifar10" else (0.631, 0.391, 1e-3)
-    if method == "pi_model":
-        return 0.177, 0.200, 1e-3
-    return 0.129, 0.155, 1e-3  # mean_teacher
-
-
 def paper_config(dataset: str, labels: int, method: str, cm: bool) -> tuple[dict, str]:
     backbone, val, _ = PAPER_DATA[dataset]
-    base = BASE_ALONE[method]
-    m = {"name": method, "rampup": 200_000, **({"options": base["options"]} if "options" in base else {})}
+    beta, gamma, lr, source = authors_values(dataset, method, labels, cm)
+    m = {"name": method, "delta": gamma if method != "supervised" else 1.0, "rampup": 200_000}
+    if METHOD_OPTIONS[method]:
+        m["options"] = dict(METHOD_OPTIONS[method])
     if cm:
-        beta, delta, lr = paper_cm(dataset, method)
-        m["delta"] = 2 * delta if method != "supervised" else 1.0
-        note = (
-            f"beta {beta:g} and base weight {delta:g} / lr {lr:g}: the paper's (SPEC §5), doubled here because "
-            f"the authors' CE is halved (see configs/generate.py)"
-        )
-        if dataset == "cifar100" and method == "vat":
-            note += "; CIFAR-100 VAT values are not in the paper: the SVHN/MNIST ones (ours)"
-        beta *= 2
+        note = (f"beta {beta:g}, base weight {gamma:g}, lr {lr:g} ({source}); beta doubled, base weight not "
+                f"(the authors halve CE and the base loss alike: see configs/generate.py)")
     else:
-        beta, lr = 0.0, (paper_cm(dataset, "supervised")[2] if method == "supervised" else BASE_ALONE_LR)
-        m["delta"] = base.get("delta", 1.0)
-        note = "baseline without SuperCM: base weight and lr are Oliver et al.'s defaults (ours), CE's lr is the paper's"
+        note = f"without SuperCM: base weight {gamma:g}, lr {lr:g} ({source})"
+    batch_labeled, batch_unlabeled = 50, 50
+    if method == "supervised" and not cm:
+        batch_labeled, batch_unlabeled = 100, 0  # the authors' CE baseline: 100 labeled, no unlabeled
+        note += "; batch 100 labeled + 0 unlabeled (authors)"
     data = {"name": dataset, "num_labeled": labels, "num_validation": val, "augment_draw": "batch"}
     if dataset == "svhn" and method in ("pseudo_label", "vat", "mean_teacher"):
         data["augmentation"] = {"flip": True, "crop_pad": 2, "noise_std": 0.15}  # SPEC §5: all three for PL/VAT/MT
     cfg = {
         "data": data,
-        "model": {"backbone": backbone},
-        "cm": {"beta": round(beta, 6), "centroids": "paper", "features": "reuse"},
+        "model": {"backbone": backbone, "options": {"bn_momentum": 0.1}},
+        "cm": {"beta": round(2 * beta, 6), "centroids": "paper", "features": "reuse"},
         "method": m,
         "optim": {"lr": lr, "weight_decay": 0.0, "decay_at": 400_000, "decay_factor": 0.2},
-        "train": {"iterations": 500_000, "batch_labeled": 50, "batch_unlabeled": 50, "eval_every": 5000,
-                  "checkpoint_every": 5000, "log_every": 100, "ema_decay": 0.99},
+        "train": {"iterations": 500_000, "batch_labeled": batch_labeled, "batch_unlabeled": batch_unlabeled,
+                  "eval_every": 5000, "checkpoint_every": 5000, "log_every": 100, "ema_decay": 0.99},
     }
     return cfg, note
 
@@ -105,13 +157,13 @@ def cpu_config(dataset: str, method: str, cm: bool) -> tuple[dict, str]:
     cfg, note = paper_config("mnist", 100, method, cm)
     it = CPU_ITERATIONS
     cfg["data"] = {"name": dataset, "num_labeled": 100, "num_validation": CPU_DATA[dataset]}
-    cfg["model"] = {"backbone": "cnn", "options": {"width": 16, "convs_per_block": 1}}
+    cfg["model"] = {"backbone": "cnn", "options": {"width": 16, "convs_per_block": 1}}  # BatchNorm momentum 0.1
     cfg["method"]["rampup"] = int(0.4 * it)
     cfg["optim"].update(lr=1e-3, decay_at=int(0.8 * it))
     cfg["train"].update(iterations=it, eval_every=100, checkpoint_every=500, log_every=10)
     note = (
         f"CPU scale (ours): {dataset}, 100 labels, small CNN, {it} iterations, lr 1e-3 for all, ramp-up and lr decay at "
-        f"the paper's fractions (40 %, 80 %); beta/base weight from the paper's MNIST setting: " + note
+        f"the paper's fractions (40 %, 80 %); everything else from the MNIST 100-label setting: " + note
     )
     return cfg, note
 

@@ -37,3 +37,25 @@ def test_backbone_errors():
         build_backbone("resnet9", (3, 32, 32))
     with pytest.raises(ValueError, match="needs image input"):
         build_backbone("cnn", (64,))
+
+
+def test_wrn_batchnorm_statistics_keep_up_with_the_weights():
+    """The authors' WRN runs with PyTorch's BatchNorm momentum 0.1 (their 1e-3 is never passed on).
+    With 0.001 the running statistics lag for thousands of iterations and eval mode judges a stale
+    model; with 0.1, 30 training passes bring them to within a few percent of the data's."""
+    torch.manual_seed(0)
+    net = build_backbone("wrn28_2", (3, 8, 8))
+    assert {m.momentum for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)} == {0.1}
+    x = torch.randn(16, 16, 8, 8) * 2 + 3  # the first block sees the 16-channel stem output
+    with torch.no_grad():
+        for _ in range(30):
+            net.stages[0][0].bn1(x)
+    bn = net.stages[0][0].bn1
+    torch.testing.assert_close(bn.running_mean, x.mean((0, 2, 3)), rtol=0.1, atol=0.0)
+    slow = build_backbone("wrn28_2", (3, 8, 8), bn_momentum=0.001).stages[0][0].bn1
+    with torch.no_grad():
+        for _ in range(30):
+            slow(x)
+    assert (slow.running_mean < 0.1 * x.mean((0, 2, 3))).all()  # Oliver et al.'s value: still near 0
+    with pytest.raises(ValueError, match="bn_momentum"):
+        build_backbone("wrn28_2", (3, 8, 8), bn_momentum=0.0)

@@ -123,21 +123,33 @@ def test_validation_and_test_are_disjoint_from_training_samples(digits):
     assert torch.bincount(digits.train_y[t.split.labeled]).tolist() == [5] * 10
 
 
-def test_resume_in_process_is_exact(digits, tmp_path):
-    """Stopping at a checkpoint and resuming gives the same weights and metrics as one run."""
-    cfg = tiny(**{"cm.beta": 0.5, "train.iterations": 40, "train.checkpoint_every": 20, "data.augment": True})
-    full = Trainer(cfg, tmp_path / "full", dataset=digits)
-    full_result = full.fit()
+# Resume must restore every random state: augmentation noise and dropout make both matter.
+RANDOM = {"cm.beta": 0.5, "train.iterations": 40, "train.checkpoint_every": 20,
+          "data.augmentation": {"noise_std": 0.1}, "model.options": {"width": 32, "depth": 1, "dropout": 0.2}}
 
-    half = Trainer(cfg.replace(**{"train.iterations": 20}), tmp_path / "half", dataset=digits)
-    half.fit()
-    # Continue the same directory to 40 iterations.
+
+def _resume_half_way(digits, tmp_path, tamper=None):
+    """A 40-iteration run, and the same run stopped at 20, checkpoint optionally tampered, resumed."""
     import yaml
 
-    (tmp_path / "half" / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
+    cfg = tiny(**RANDOM)
+    full = Trainer(cfg, tmp_path / "full", dataset=digits)
+    full_result = full.fit()
+    half = Trainer(cfg.replace(**{"train.iterations": 20}), tmp_path / "half", dataset=digits)
+    half.fit()
+    if tamper is not None:
+        state = torch.load(tmp_path / "half" / CHECKPOINT, weights_only=True)
+        tamper(state)
+        torch.save(state, tmp_path / "half" / CHECKPOINT)
+    (tmp_path / "half" / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict()))  # continue to 40 iterations
     resumed = Trainer.resume(tmp_path / "half", dataset=digits)
     assert resumed.iteration == 20
-    res = resumed.fit()
+    return full, full_result, resumed, resumed.fit()
+
+
+def test_resume_in_process_is_exact(digits, tmp_path):
+    """Stopping at a checkpoint and resuming gives the same weights and metrics as one run."""
+    full, full_result, resumed, res = _resume_half_way(digits, tmp_path)
     for k in ("best_val_accuracy", "test_accuracy_at_best_val", "final_test_accuracy", "best_iteration"):
         assert getattr(res, k) == getattr(full_result, k), k
     for (n1, a), (n2, b) in zip(full.model.state_dict().items(), resumed.model.state_dict().items()):
@@ -147,10 +159,24 @@ def test_resume_in_process_is_exact(digits, tmp_path):
     assert m_full == m_res
 
 
+def _fresh_generator_state(state, key):
+    state[key] = torch.Generator().manual_seed(12345).get_state()
+
+
+@pytest.mark.parametrize("lost", ["aug_generator", "torch_rng"])
+def test_the_resume_test_fails_when_a_random_state_is_not_restored(digits, tmp_path, lost):
+    """The guard above can fail: a checkpoint that lost the augmentation generator (noise) or the
+    torch RNG (dropout) resumes onto another trajectory."""
+    full, _, resumed, _ = _resume_half_way(digits, tmp_path, tamper=lambda s: _fresh_generator_state(s, lost))
+    assert (tmp_path / "full" / METRICS).read_text() != (tmp_path / "half" / METRICS).read_text()
+    assert any(not torch.equal(a, b) for a, b in zip(full.model.state_dict().values(), resumed.model.state_dict().values()))
+
+
 def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
     """A run killed with SIGKILL mid-way and resumed ends with identical metrics (CPU, same seed)."""
     overrides = [
-        "data.num_labeled=50", "data.num_validation=100", "model.options={width: 32, depth: 1}",
+        "data.num_labeled=50", "data.num_validation=100", "model.options={width: 32, depth: 1, dropout: 0.2}",
+        "data.augmentation={noise_std: 0.1}",
         "cm.beta=0.3", "train.iterations=400", "train.checkpoint_every=25", "train.eval_every=50",
         "train.batch_labeled=20", "train.batch_unlabeled=20", "train.progress=false", "train.tensorboard=false",
     ]
@@ -237,3 +263,11 @@ def test_batch_draw_reaches_the_trainer_and_config_errors_name_the_key(digits):
         tiny(**{"data.augment_draw": "image"})
     with pytest.raises(ConfigError, match="set data.augment_draw instead"):
         tiny(**{"data.augmentation": {"crop_pad": 2, "draw": "batch"}})
+
+
+def test_the_authors_ce_baseline_batch_has_no_unlabeled_samples(digits):
+    """configs/paper's CE baseline uses the authors' batch: 100 labeled, 0 unlabeled."""
+    t = Trainer(tiny(**{"train.batch_labeled": 40, "train.batch_unlabeled": 0, "data.augmentation": {"noise_std": 0.1}}),
+                None, dataset=digits)
+    logs = [t.train_step() for _ in range(3)]
+    assert all(math.isfinite(float(l["loss"])) for l in logs) and float(logs[-1]["loss"]) == float(logs[-1]["ce"])

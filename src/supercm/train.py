@@ -335,7 +335,8 @@ class Trainer:
                 model.eval()
                 head.update_centroids(model.backbone(x_l_raw), y_l)
                 model.train()
-        features = model.backbone(torch.cat([x_l, x_u]))
+        x = torch.cat([x_l, x_u])
+        features = model.backbone(x)
         if beta > 0 and cfg.cm.features == "reuse":
             head.update_centroids(features[:n_l].detach(), y_l)
         out = head(features)
@@ -351,7 +352,7 @@ class Trainer:
                     logs.update(zip(("e1", "e2", "e3", "e4"), head.loss_terms(features.detach(), out)))
         w = rampup(self.iteration, cfg.method.rampup)
         if cfg.method.delta > 0 and unl.numel() > 0:
-            step = StepInputs(model, x_l, y_l, x_u_raw, x_u, out.logits[n_l:], self._aug, self.iteration)
+            step = StepInputs(model, x, n_l, y_l, torch.cat([x_l_raw, x_u_raw]), out.logits, self._aug, self.iteration)
             base = self.method.unlabeled_loss(step)
             if base is not None:
                 loss = loss + cfg.method.delta * w * base

@@ -19,20 +19,39 @@ from torch import Tensor, nn
 class StepInputs:
     """One training step, as a base method sees it.
 
-    ``x_unlabeled`` is the augmented unlabeled batch that went through the
-    training forward pass and produced ``logits_unlabeled`` (with gradient);
-    ``augment`` draws a fresh augmentation of a raw batch (for methods that need
-    a second stochastic view of ``x_unlabeled_raw``).
+    ``x`` is the joined, augmented batch ``[labeled; unlabeled]`` that went through
+    the training forward pass and produced ``logits`` (with gradient); its first
+    ``num_labeled`` rows are labeled. ``x_raw`` is the same batch before
+    augmentation, and ``augment`` draws a fresh augmentation of a raw batch (for
+    methods that need a second stochastic view). A method that makes extra passes
+    over the model should pass the *joined* batch, so BatchNorm normalises them with
+    the statistics of the batch that produced ``logits`` (see ``vat.py``).
     """
 
     model: nn.Module
-    x_labeled: Tensor
+    x: Tensor
+    num_labeled: int
     y_labeled: Tensor
-    x_unlabeled_raw: Tensor
-    x_unlabeled: Tensor
-    logits_unlabeled: Tensor
+    x_raw: Tensor
+    logits: Tensor
     augment: Callable[[Tensor], Tensor]
     iteration: int
+
+    @property
+    def x_labeled(self) -> Tensor:
+        return self.x[: self.num_labeled]
+
+    @property
+    def x_unlabeled(self) -> Tensor:
+        return self.x[self.num_labeled :]
+
+    @property
+    def x_unlabeled_raw(self) -> Tensor:
+        return self.x_raw[self.num_labeled :]
+
+    @property
+    def logits_unlabeled(self) -> Tensor:
+        return self.logits[self.num_labeled :]
 
 
 class SSLMethod(nn.Module):

@@ -1,28 +1,60 @@
-"""Pseudo-Label (Lee, 2013), as in Oliver et al. (2018)."""
+"""Pseudo-Label (Lee, 2013): the SuperCM authors' form and the textbook form (Oliver et al., 2018)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import SSLMethod, StepInputs, register
+from .base import SSLMethod, StepInputs, frozen_batchnorm_stats, register
+
+VARIANTS = ("authors", "textbook")
 
 
 @register("pseudo_label")
 class PseudoLabel(SSLMethod):
-    """``L = (1/n_u) Σ_i 1[max_k p_ik ≥ threshold] · CE(logits_i, argmax_k p_ik)``, p = softmax(logits).detach().
+    """Cross-entropy of the unlabeled batch against targets made from the model's own predictions.
 
-    Unconfident samples count as zero in the mean over the unlabeled batch.
+    p = softmax(training-pass logits), detached.
+
+    - ``variant="authors"`` (the SuperCM authors' code): a second pass over the whole joined
+      batch, freshly augmented, with BatchNorm running-statistic updates frozen, gives logits
+      z; the target is ``t_i = 10 · onehot(argmax p_i)`` where ``max p_i > threshold`` and
+      ``t_i = p_i`` (the soft prediction) elsewhere;
+      ``L = (1/n_u) Σ_i −Σ_k t_ik log softmax(z_i)_k``.
+    - ``variant="textbook"``: ``L = (1/n_u) Σ_i 1[max_k p_ik ≥ threshold] · CE(logits_i, argmax_k p_ik)``
+      on the training pass; unconfident samples count as zero in the mean.
     """
 
     @dataclass
     class Options:
         threshold: float = 0.95
+        variant: str = "authors"
+
+        def __post_init__(self) -> None:
+            if self.variant not in VARIANTS:
+                raise ValueError(f"method.options.variant must be one of {', '.join(VARIANTS)}, got {self.variant!r}")
+
+    #: Weight of a confident sample's one-hot target in the authors' form.
+    CONFIDENT_WEIGHT = 10.0
 
     def unlabeled_loss(self, step: StepInputs) -> Tensor:
-        logits = step.logits_unlabeled
-        confidence, target = logits.detach().softmax(dim=1).max(dim=1)
-        mask = (confidence >= self.options.threshold).to(logits.dtype)
-        return (F.cross_entropy(logits, target, reduction="none") * mask).mean()
+        if self.options.variant == "textbook":
+            logits = step.logits_unlabeled
+            confidence, target = logits.detach().softmax(dim=1).max(dim=1)
+            mask = (confidence >= self.options.threshold).to(logits.dtype)
+            return (F.cross_entropy(logits, target, reduction="none") * mask).mean()
+        p = step.logits_unlabeled.detach().softmax(dim=1)
+        target = pseudo_label_target(p, self.options.threshold, self.CONFIDENT_WEIGHT)
+        with frozen_batchnorm_stats(step.model):
+            logits = step.model(step.augment(step.x_raw)).logits[step.num_labeled :]
+        return -(target * logits.log_softmax(dim=1)).sum(dim=1).mean()
+
+
+def pseudo_label_target(p: Tensor, threshold: float, weight: float) -> Tensor:
+    """``weight · onehot(argmax p)`` where ``max p > threshold``, else ``p`` (the authors' target)."""
+    confidence, label = p.max(dim=1)
+    onehot = torch.zeros_like(p).scatter_(1, label[:, None], weight)
+    return torch.where((confidence > threshold)[:, None], onehot, p)

@@ -9,6 +9,8 @@ from torch import Tensor
 
 from .base import SSLMethod, StepInputs, frozen_batchnorm_stats, register
 
+VARIANTS = ("authors", "textbook")
+
 
 def _unit(d: Tensor) -> Tensor:
     """Each sample scaled to unit L2 norm over all its dimensions."""
@@ -21,19 +23,41 @@ def _kl(p: Tensor, logits_q: Tensor) -> Tensor:
     return (p * (p.clamp_min(1e-12).log() - logits_q.log_softmax(dim=1))).sum(dim=1).mean()
 
 
+def _kl_logits(logits_p: Tensor, logits_q: Tensor) -> Tensor:
+    """Mean over samples of KL(softmax(logits_p) ‖ softmax(logits_q)); gradient flows into both."""
+    log_p = logits_p.log_softmax(dim=1)
+    return (log_p.exp() * (log_p - logits_q.log_softmax(dim=1))).sum(dim=1).mean()
+
+
 @register("vat")
 class VAT(SSLMethod):
-    """``L = KL(p(x) ‖ p(x + r_adv))`` with ``r_adv = ε · g/‖g‖``, ``g = ∇_r KL(p(x) ‖ p(x + r))|_{r = ξ d}``.
+    """Adversarial direction ``r_adv = ε · g/‖g‖``, ``g = ∇_r KL(p(x) ‖ p(x + r))|_{r = ξ d}``, and
 
-    ``d`` starts as a random unit direction and is refined by ``power_iterations``
-    steps. p(x) comes from the training pass, detached. The perturbed passes
-    leave BatchNorm running statistics alone.
+    - ``variant="authors"`` (the SuperCM authors' code, after Oliver et al.):
+      ``L = KL(p(x + r_adv) ‖ p(x))``, p(x) detached;
+    - ``variant="textbook"`` (Miyato et al.): ``L = KL(p(x) ‖ p(x + r_adv))``.
 
-    ξ defaults to 1e-3, not the 1e-6 of Miyato et al. / Oliver et al. / the SuperCM paper:
-    in float32 a 1e-6 probe moves the probabilities less than the forward pass's own
-    rounding, and the power iteration returns noise (measured on the CPU-scale CNN: median
-    cosine 0.02 with the float64 direction; 0.998 at ξ = 1e-3). ``tests/test_methods.py``
-    checks the direction against a float64 reference.
+    ``d`` starts as a random unit direction per unlabeled sample and is refined by
+    ``power_iterations`` steps. p(x) is the training pass's prediction, detached.
+
+    Every perturbed pass runs on the whole joined batch ``[labeled; unlabeled]`` (the
+    labeled rows unperturbed) with BatchNorm running-statistic updates frozen, as the
+    authors do. BatchNorm then normalises the probe with the statistics of the batch
+    that produced p(x), so ``KL(p ‖ p(x + r))`` is exactly 0 at r = 0 and its gradient at
+    ``ξ d`` is ``ξ H d`` (one power-iteration step on the Hessian H). Probing the
+    unlabeled half alone, as this module once did, normalises it with other statistics:
+    the mismatch dominates the gradient at small ξ and the "adversarial" direction is
+    noise (cosine −0.37…+0.08 with the true one; ``tests/test_methods.py`` checks the
+    direction through the trainer's own step).
+
+    ξ defaults to 1e-3, not the 1e-6 of Miyato et al. / Oliver et al. / the SuperCM
+    paper: in float32 a 1e-6 probe moves the probabilities less than the forward pass's
+    own rounding, and the power iteration returns noise (median cosine 0.02 with the
+    float64 direction on the CPU-scale CNN; 0.998 at ξ = 1e-3).
+
+    Unlike the authors' model, whose forward re-augments its input on every call, the
+    probe passes see exactly the augmented batch of the training pass: re-augmenting
+    would make the probe measure the augmentation, not the curvature.
     """
 
     @dataclass
@@ -41,16 +65,32 @@ class VAT(SSLMethod):
         xi: float = 1e-3
         epsilon: float = 6.0
         power_iterations: int = 1
+        variant: str = "authors"
+
+        def __post_init__(self) -> None:
+            if self.variant not in VARIANTS:
+                raise ValueError(f"method.options.variant must be one of {', '.join(VARIANTS)}, got {self.variant!r}")
+
+    #: The last adversarial direction (joined batch, labeled rows zero), for diagnostics and tests.
+    last_direction: Tensor | None = None
 
     def unlabeled_loss(self, step: StepInputs) -> Tensor:
-        x = step.x_unlabeled.detach()
+        opts = self.options
+        n = step.num_labeled
+        x = step.x.detach()
         p = step.logits_unlabeled.detach().softmax(dim=1)
         model = step.model
         with frozen_batchnorm_stats(model):
-            d = _unit(torch.randn_like(x))
-            for _ in range(self.options.power_iterations):
-                r = (self.options.xi * d).requires_grad_(True)
-                dist = _kl(p, model(x + r).logits)
+            d = torch.zeros_like(x)
+            d[n:] = _unit(torch.randn_like(x[n:]))
+            for _ in range(opts.power_iterations):
+                r = (opts.xi * d).requires_grad_(True)
+                dist = _kl(p, model(x + r).logits[n:])
                 (grad,) = torch.autograd.grad(dist, r)
-                d = _unit(grad.detach())
-            return _kl(p, model(x + self.options.epsilon * d).logits)
+                d = torch.zeros_like(x)
+                d[n:] = _unit(grad[n:])
+            self.last_direction = d
+            logits_adv = model(x + opts.epsilon * d).logits[n:]
+        if opts.variant == "authors":
+            return _kl_logits(logits_adv, step.logits_unlabeled.detach())
+        return _kl(p, logits_adv)
