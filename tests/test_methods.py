@@ -11,9 +11,9 @@ import torch.nn.functional as F
 from supercm import ClusteringModule
 from supercm.config import from_dict
 from supercm.data import load_dataset
-from supercm.methods import METHODS, StepInputs, build_method, frozen_batchnorm_stats
+from supercm.methods import METHODS, Batch, build_method, frozen_batchnorm_stats
 from supercm.methods.pseudo_label import PseudoLabel, pseudo_label_target
-from supercm.models import CMClassifier, build_backbone
+from supercm.models import CMClassifier, ModelOutput, build_backbone
 from supercm.train import Trainer
 
 UNLABELED_METHODS = ["pseudo_label", "vat", "pi_model", "mean_teacher"]
@@ -32,15 +32,16 @@ def make_step(method, seed=0, confident=False):
     noise = lambda x: x + 0.1 * torch.randn_like(x)  # noqa: E731  (a stochastic augmentation)
     x_u = noise(x_u_raw)
     x = torch.cat([x_l, x_u])
-    out = model(x)
-    return model, StepInputs(model, x, 6, y_l, torch.cat([x_l, x_u_raw]), out.logits, noise, 0)
+    batch = Batch(model, x, torch.cat([x_l, x_u_raw]), 6, y_l, noise)
+    batch.output = model(x)
+    return model, batch
 
 
 @pytest.mark.parametrize("name", UNLABELED_METHODS)
 def test_unlabeled_loss_has_nonzero_gradient_wrt_student(name):
     method = build_method(name, {"threshold": 0.5} if name == "pseudo_label" else {})
     model, step = make_step(method, confident=(name == "pseudo_label"))
-    loss = method.unlabeled_loss(step)
+    loss = method.loss(step)
     assert loss.dim() == 0 and torch.isfinite(loss) and loss.item() > 0
     loss.backward()
     grads = {n: p.grad for n, p in model.named_parameters()}
@@ -52,7 +53,7 @@ def test_unlabeled_loss_has_nonzero_gradient_wrt_student(name):
 def test_mean_teacher_teacher_gets_no_gradient_and_tracks_ema():
     method = build_method("mean_teacher", {"decay": 0.9})
     model, step = make_step(method)
-    method.unlabeled_loss(step).backward()
+    method.loss(step).backward()
     assert all(p.grad is None and not p.requires_grad for p in method.teacher.parameters())
     before = [p.detach().clone() for p in method.teacher.parameters()]
     with torch.no_grad():
@@ -66,11 +67,11 @@ def test_mean_teacher_teacher_gets_no_gradient_and_tracks_ema():
 def test_pseudo_label_textbook_matches_definition():
     method = PseudoLabel(threshold=0.6, variant="textbook")
     logits = torch.tensor([[3.0, 0.0, 0.0], [0.2, 0.1, 0.0], [0.0, 0.0, 5.0]], requires_grad=True)
-    step = StepInputs(None, None, 0, None, None, logits, None, 0)
+    step = Batch(None, None, None, 0, None, None, output=ModelOutput(None, logits, None, None))
     p = logits.detach().softmax(1)
     mask = (p.max(1).values >= 0.6).float()
     want = (F.cross_entropy(logits.detach(), p.argmax(1), reduction="none") * mask).mean()
-    torch.testing.assert_close(method.unlabeled_loss(step), want)
+    torch.testing.assert_close(method.loss(step), want)
     assert mask.tolist() == [1.0, 0.0, 1.0]
 
 
@@ -80,7 +81,7 @@ def test_extra_passes_leave_batchnorm_statistics_alone():
         model, step = make_step(method)
         bn = model.backbone.net[2]
         before = bn.running_mean.clone(), int(bn.num_batches_tracked)
-        method.unlabeled_loss(step)
+        method.loss(step)
         assert torch.equal(bn.running_mean, before[0]) and int(bn.num_batches_tracked) == before[1], name
         assert bn.track_running_stats
 
@@ -97,7 +98,7 @@ def digits():
     return load_dataset("digits")
 
 
-@pytest.mark.parametrize("name", sorted(METHODS))
+@pytest.mark.parametrize("name", sorted(set(METHODS) - {"supercm"}))
 @pytest.mark.parametrize("beta", [0.0, 0.3])
 def test_each_method_with_and_without_supercm_trains(name, beta, digits):
     cfg = from_dict({
@@ -175,7 +176,7 @@ def _trainer_vat_direction_cosines(trainer, monkeypatch):
     import supercm.methods.vat as vat_module
 
     seen = {}
-    original_loss, original_randn = trainer.method.unlabeled_loss, torch.randn_like
+    original_loss, original_randn = trainer.method.loss, torch.randn_like
 
     def spy(step):
         seen["model"] = copy.deepcopy(step.model)  # the weights before the optimizer step
@@ -186,7 +187,7 @@ def _trainer_vat_direction_cosines(trainer, monkeypatch):
         seen["d0"] = vat_module._unit(original_randn(t, *a, **k))
         return seen["d0"]
 
-    monkeypatch.setattr(trainer.method, "unlabeled_loss", spy)
+    monkeypatch.setattr(trainer.method, "loss", spy)
     monkeypatch.setattr(vat_module.torch, "randn_like", recording_randn_like)
     trainer.train_step()
     monkeypatch.undo()
@@ -218,7 +219,7 @@ def test_vat_authors_loss_is_kl_of_the_perturbed_prediction_from_the_clean_one()
     method = build_method("vat", {"variant": "authors", "epsilon": 2.0})
     model, step = make_step(method)
     model.backbone.net[4].p = 0.0  # no dropout: the reference pass must be the same function
-    loss = method.unlabeled_loss(step)
+    loss = method.loss(step)
     with torch.no_grad(), frozen_batchnorm_stats(model):
         adv = model(step.x + 2.0 * method.last_direction).logits[6:].double()
     q, p = adv.softmax(1), step.logits_unlabeled.detach().double().softmax(1)
@@ -245,7 +246,7 @@ def test_pseudo_label_authors_target_and_second_pass():
     method.options.threshold = threshold  # half the samples above it, half below
     shift = lambda x: x + 0.25  # noqa: E731  (a deterministic "augmentation" for the reference)
     step.augment = shift
-    loss = method.unlabeled_loss(step)
+    loss = method.loss(step)
     with torch.no_grad(), frozen_batchnorm_stats(model):
         z = model(shift(step.x_raw)).logits[6:].double()
     t = pseudo_label_target(step.logits_unlabeled.detach().double().softmax(1), threshold, 10.0)

@@ -58,6 +58,16 @@ class MethodConfig:
 
 
 @dataclass
+class RegulariserConfig:
+    """A term stacked on the base method (e.g. MCC or BNM on DANN); SuperCM's weight is cm.beta."""
+
+    name: str = ""  # a key of supercm.methods.METHODS
+    weight: float = 1.0
+    rampup: int = 0  # iterations of the ramp-up w(t); 0: constant weight
+    options: dict = field(default_factory=dict)
+
+
+@dataclass
 class OptimConfig:
     lr: float = 1e-3  # Adam
     weight_decay: float = 0.0
@@ -86,6 +96,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     cm: CMConfig = field(default_factory=CMConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
+    regularisers: list[RegulariserConfig] = field(default_factory=list)  # stacked on the method, after SuperCM
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
@@ -141,6 +152,12 @@ def _build(cls: type, data: dict, prefix: str) -> Any:
         hint = hints[name]
         if dataclasses.is_dataclass(hint):
             kwargs[name] = _build(hint, value, f"{prefix}{name}.")
+            continue
+        args = typing.get_args(hint)
+        if typing.get_origin(hint) is list and args and dataclasses.is_dataclass(args[0]):
+            if not isinstance(value, list):
+                raise ConfigError(f"config key {prefix + name!r} must be a list of mappings, got {value!r}")
+            kwargs[name] = [_build(args[0], v, f"{prefix}{name}[{i}].") for i, v in enumerate(value)]
             continue
         ok, converted = _type_ok(value, hint)
         if not ok:
@@ -224,6 +241,18 @@ def validate(cfg: Config) -> None:
     need(cfg.cm.temperature > 0, "cm.temperature", f"must be > 0, got {cfg.cm.temperature}")
     need(cfg.cm.features in ("reuse", "eval_pass"), "cm.features", f"must be 'reuse' or 'eval_pass', got {cfg.cm.features!r}")
     need(cfg.method.delta >= 0, "method.delta", f"must be ≥ 0, got {cfg.method.delta}")
+    from .methods import METHODS
+
+    need(cfg.method.name in METHODS, "method.name",
+         f"must be one of {', '.join(sorted(METHODS))}, got {cfg.method.name!r}")
+    need(cfg.method.name != "supercm", "method.name", "cannot be 'supercm': SuperCM is switched on by cm.beta > 0")
+    for i, reg in enumerate(cfg.regularisers):
+        key = f"regularisers[{i}]"
+        need(reg.name in METHODS, key + ".name", f"must be one of {', '.join(sorted(METHODS))}, got {reg.name!r}")
+        need(reg.name not in ("supercm", "supervised"), key + ".name",
+             f"cannot be {reg.name!r}: SuperCM's weight is cm.beta, and 'supervised' adds no loss")
+        need(reg.weight >= 0, key + ".weight", f"must be ≥ 0, got {reg.weight}")
+        need(reg.rampup >= 0, key + ".rampup", f"must be ≥ 0, got {reg.rampup}")
     need(cfg.method.rampup >= 0, "method.rampup", f"must be ≥ 0, got {cfg.method.rampup}")
     need(cfg.optim.lr > 0, "optim.lr", f"must be > 0, got {cfg.optim.lr}")
     need(cfg.optim.weight_decay >= 0, "optim.weight_decay", f"must be ≥ 0, got {cfg.optim.weight_decay}")

@@ -32,7 +32,7 @@ from .cm import ClusteringModule
 from .config import Config, from_dict
 from .data import ArrayDataset, SSLSplit, load_dataset, stratified_split
 from .data.augment import Augment
-from .methods import StepInputs, build_method
+from .methods import Batch, Term, build_method
 from .models import CMClassifier, build_backbone
 
 CHECKPOINT = "checkpoint.pt"
@@ -206,14 +206,20 @@ class Trainer:
             check_inputs=False,
         )
         self.model = CMClassifier(backbone, head).to(dev)
+        # The objective's terms, in the order they are summed: SuperCM (when β > 0), the base
+        # method, the listed regularisers. (SuperCM first keeps the floating-point sum, and so
+        # every run, identical to the trainer's earlier form CE + β·L_CM + δ·w·L_base.)
         self.method = build_method(cfg.method.name, cfg.method.options)
-        self.method.setup(self.model)
-        self.method.to(dev)
+        self.supercm = build_method("supercm", {"features": cfg.cm.features}) if cfg.cm.beta > 0 else None
+        self.regularisers = [build_method(r.name, r.options) for r in cfg.regularisers]
+        for term in self.terms:
+            term.setup(self.model)
+            term.to(dev)
         self.ema_model = copy.deepcopy(self.model).requires_grad_(False) if tc.ema_decay > 0 else None
 
         # foreach: one kernel per group of tensors instead of one per tensor (CPU default is per tensor).
         self.optimizer = torch.optim.Adam(
-            self.model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, foreach=True
+            self._param_groups(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, foreach=True
         )
         decay_at, factor = cfg.optim.decay_at, cfg.optim.decay_factor
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -235,6 +241,30 @@ class Trainer:
             cfg_path = self.run_dir / CONFIG
             if not cfg_path.exists():
                 cfg_path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+    @property
+    def terms(self) -> list[Term]:
+        """Every loss term of the objective besides CE, in the order they are summed."""
+        return [t for t in (self.supercm, self.method, *self.regularisers) if t is not None]
+
+    def _weighted_terms(self) -> list[tuple[Term, float, str]]:
+        """(term, weight at this iteration, log key) for the terms that count at this step."""
+        cfg, it = self.cfg, self.iteration
+        out = []
+        if self.supercm is not None:
+            out.append((self.supercm, cfg.cm.beta, "cm"))
+        out.append((self.method, cfg.method.delta * rampup(it, cfg.method.rampup), "base"))
+        for term, rc in zip(self.regularisers, cfg.regularisers):
+            out.append((term, rc.weight * rampup(it, rc.rampup), rc.name))
+        return out
+
+    def _param_groups(self) -> list[dict]:
+        """The model's parameters, then the trainable parameters the terms own (DANN's discriminator)."""
+        groups = [{"params": list(self.model.parameters())}]
+        own = [p for t in self.terms for p in t.parameters() if p.requires_grad]
+        if own:
+            groups.append({"params": own})
+        return groups
 
     def _loader_kwargs(self) -> dict:
         kw = dict(self.cfg.data.options)
@@ -266,6 +296,7 @@ class Trainer:
             "iteration": self.iteration,
             "model": self.model.state_dict(),
             "method": self.method.state_dict(),
+            "regularisers": [r.state_dict() for r in self.regularisers],
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "labeled_sampler": self.labeled_sampler.state_dict(),
@@ -289,6 +320,8 @@ class Trainer:
         self.iteration = int(state["iteration"])
         self.model.load_state_dict(state["model"])
         self.method.load_state_dict(state["method"])
+        for r, rs in zip(self.regularisers, state.get("regularisers", [])):
+            r.load_state_dict(rs)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.labeled_sampler.load_state_dict(state["labeled_sampler"])
@@ -311,52 +344,39 @@ class Trainer:
         return self.augment(x, self.aug_generator)
 
     def train_step(self, log_terms: bool = False) -> dict[str, Any]:
-        """One iteration; returns the logged scalars (as tensors until logged).
+        """One iteration of ``CE(labeled) + Σ_j weight_j(t)·L_j``; returns the logged scalars
+        (as tensors until logged).
 
-        ``log_terms``: also split L_CM into E1..E4 (extra forward-only work, for the metrics
-        file; :meth:`fit` asks for it on logged iterations only).
+        The model is called once, on ``[labeled | source ; unlabeled | target]``; every term
+        (SuperCM, the base method, the regularisers) reads what it needs from that one
+        :class:`~supercm.methods.Batch`. ``log_terms``: also ask the terms for their extra
+        scalars (SuperCM's E1..E4; extra forward-only work, asked on logged iterations only).
         """
-        cfg = self.cfg
-        model, head = self.model, self.model.head
+        model = self.model
         model.train()
         lab = self.labeled_sampler.next().to(self.device)
         unl = self.unlabeled_sampler.next().to(self.device)
         x_l_raw, y_l = self.x_train[lab], self.y_train[lab]
         x_u_raw = self.x_train[unl]
-        x_l, x_u = self._aug(x_l_raw), self._aug(x_u_raw)
-        n_l = y_l.numel()
-
-        beta = cfg.cm.beta
-        # Centroids are updated from labeled features, without gradient, before the loss (SPEC §3).
-        if beta > 0 and cfg.cm.features == "eval_pass":
-            # The authors' extra pass: eval mode (running BatchNorm statistics), un-augmented labeled
-            # batch, taken before the training pass moves those statistics.
-            with torch.no_grad():
-                model.eval()
-                head.update_centroids(model.backbone(x_l_raw), y_l)
-                model.train()
-        x = torch.cat([x_l, x_u])
-        features = model.backbone(x)
-        if beta > 0 and cfg.cm.features == "reuse":
-            head.update_centroids(features[:n_l].detach(), y_l)
-        out = head(features)
-        ce = F.cross_entropy(out.logits[:n_l], y_l)
+        x = torch.cat([self._aug(x_l_raw), self._aug(x_u_raw)])
+        batch = Batch(model, x, torch.cat([x_l_raw, x_u_raw]), y_l.numel(), y_l, self._aug,
+                      self.iteration, self.cfg.train.iterations)
+        terms = [(t, w, key) for t, w, key in self._weighted_terms()
+                 if w > 0 and (unl.numel() > 0 or not t.needs_unlabeled)]
+        for term, _, _ in terms:
+            term.before_forward(batch)
+        batch.output = model(x)
+        ce = F.cross_entropy(batch.logits_labeled, y_l)
         loss = ce
         logs: dict[str, Any] = {"ce": ce.detach()}
-        if beta > 0:
-            cm = head.loss(features, out)
-            loss = loss + beta * cm
-            logs["cm"] = cm.detach()
+        for term, weight, key in terms:
+            term_loss = term.loss(batch)
+            if term_loss is None:
+                continue
+            loss = loss + weight * term_loss
+            logs[key] = term_loss.detach()
             if log_terms:
-                with torch.no_grad():
-                    logs.update(zip(("e1", "e2", "e3", "e4"), head.loss_terms(features.detach(), out)))
-        w = rampup(self.iteration, cfg.method.rampup)
-        if cfg.method.delta > 0 and unl.numel() > 0:
-            step = StepInputs(model, x, n_l, y_l, torch.cat([x_l_raw, x_u_raw]), out.logits, self._aug, self.iteration)
-            base = self.method.unlabeled_loss(step)
-            if base is not None:
-                loss = loss + cfg.method.delta * w * base
-                logs["base"] = base.detach()
+                logs.update(term.log_terms(batch))
         if not torch.isfinite(loss.detach()):
             raise FloatingPointError(
                 f"loss became {loss.item()} at iteration {self.iteration}; lower optim.lr or cm.beta "
@@ -366,11 +386,13 @@ class Trainer:
         loss.backward()
         self.optimizer.step()
         self.scheduler.step()
-        self.method.after_step(model)
+        for term in self.terms:
+            term.after_step(model)
         if self.ema_model is not None:
             self._update_ema()
         self.iteration += 1
-        logs.update(loss=loss.detach(), acc_labeled=(out.logits[:n_l].argmax(1) == y_l).float().mean(), w=w)
+        logs.update(loss=loss.detach(), acc_labeled=(batch.logits_labeled.argmax(1) == y_l).float().mean(),
+                    w=rampup(self.iteration - 1, self.cfg.method.rampup))
         logs["lr"] = self.optimizer.param_groups[0]["lr"]
         return logs
 

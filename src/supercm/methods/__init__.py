@@ -1,6 +1,9 @@
-"""Base methods, registered by name. Adding one is a new file here; the trainer does not change."""
+"""Loss terms, registered by name: base methods and the regularisers stacked on them.
 
-from . import mean_teacher, pi_model, pseudo_label, supervised, vat  # noqa: F401  (registration)
-from .base import METHODS, SSLMethod, StepInputs, build_method, frozen_batchnorm_stats, register
+Adding one is a new file here; the trainer does not change.
+"""
 
-__all__ = ["METHODS", "SSLMethod", "StepInputs", "build_method", "frozen_batchnorm_stats", "register"]
+from . import mean_teacher, pi_model, pseudo_label, supercm, supervised, vat  # noqa: F401  (registration)
+from .base import METHODS, Batch, SSLMethod, StepInputs, Term, build_method, frozen_batchnorm_stats, register
+
+__all__ = ["METHODS", "Batch", "SSLMethod", "StepInputs", "Term", "build_method", "frozen_batchnorm_stats", "register"]

@@ -1,8 +1,11 @@
-"""What a base method sees each step, and the registry of methods by name.
+"""What a loss term sees each step, the base class of every term, and the registry of terms.
 
-A base method adds one unlabeled loss, ``L_base``, to the objective
-``CE + β·L_CM + δ·w(t)·L_base``. It knows nothing of SuperCM; the trainer knows
-nothing of the method beyond this interface.
+The trainer minimises ``CE(labeled) + Σ_j weight_j(t) · L_j`` over a list of terms: the base
+method (weight ``δ·w(t)``: Pseudo-Label, VAT, Π-Model, Mean Teacher, DANN, MCC, BNM...) and
+the regularisers stacked on it (SuperCM with weight β, or any term listed under
+``regularisers``). A term is one small file with a ``loss(batch)`` hook and optional
+``setup`` / ``before_forward`` / ``after_step`` hooks; it may own trainable modules (DANN's
+discriminator), which the trainer optimises. The trainer knows no term by name.
 """
 
 from __future__ import annotations
@@ -10,32 +13,49 @@ from __future__ import annotations
 import dataclasses
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, ClassVar, Iterator
+from typing import Any, Callable, ClassVar, Iterator
 
 from torch import Tensor, nn
 
+from ..registry import Registry
+
 
 @dataclass
-class StepInputs:
-    """One training step, as a base method sees it.
+class Batch:
+    """One training step, as every loss term sees it.
 
-    ``x`` is the joined, augmented batch ``[labeled; unlabeled]`` that went through
-    the training forward pass and produced ``logits`` (with gradient); its first
-    ``num_labeled`` rows are labeled. ``x_raw`` is the same batch before
-    augmentation, and ``augment`` draws a fresh augmentation of a raw batch (for
-    methods that need a second stochastic view). A method that makes extra passes
-    over the model should pass the *joined* batch, so BatchNorm normalises them with
-    the statistics of the batch that produced ``logits`` (see ``vat.py``).
+    ``x`` is the joined, augmented batch ``[labeled | source ; unlabeled | target]``; its first
+    ``num_labeled`` rows are labeled. The model is called **once** on it; ``output`` holds that
+    call's features, logits, responsibilities and reconstruction, with gradient (``None`` in
+    :meth:`Term.before_forward`). ``x_raw`` is the same batch before augmentation and
+    ``augment`` draws a fresh augmentation of a raw batch, for terms that need another view.
+    A term that makes extra passes over the model should pass the *joined* batch, so BatchNorm
+    normalises them with the statistics of the batch that produced ``output`` (see ``vat.py``).
+    ``iteration`` counts finished steps (0 at the first), of ``total_iterations``.
     """
 
     model: nn.Module
     x: Tensor
+    x_raw: Tensor
     num_labeled: int
     y_labeled: Tensor
-    x_raw: Tensor
-    logits: Tensor
     augment: Callable[[Tensor], Tensor]
-    iteration: int
+    iteration: int = 0
+    total_iterations: int = 1
+    output: Any = None  # supercm.models.ModelOutput once the model has been called
+
+    @property
+    def progress(self) -> float:
+        """t/T in [0, 1]."""
+        return min(self.iteration / max(self.total_iterations, 1), 1.0)
+
+    @property
+    def features(self) -> Tensor:
+        return self.output.features
+
+    @property
+    def logits(self) -> Tensor:
+        return self.output.logits
 
     @property
     def x_labeled(self) -> Tensor:
@@ -46,18 +66,43 @@ class StepInputs:
         return self.x[self.num_labeled :]
 
     @property
+    def x_labeled_raw(self) -> Tensor:
+        return self.x_raw[: self.num_labeled]
+
+    @property
     def x_unlabeled_raw(self) -> Tensor:
         return self.x_raw[self.num_labeled :]
 
     @property
+    def features_labeled(self) -> Tensor:
+        return self.output.features[: self.num_labeled]
+
+    @property
+    def features_unlabeled(self) -> Tensor:
+        return self.output.features[self.num_labeled :]
+
+    @property
+    def logits_labeled(self) -> Tensor:
+        return self.output.logits[: self.num_labeled]
+
+    @property
     def logits_unlabeled(self) -> Tensor:
-        return self.logits[self.num_labeled :]
+        return self.output.logits[self.num_labeled :]
 
 
-class SSLMethod(nn.Module):
-    """Base class of a base method. Subclasses set ``Options`` (a dataclass of hyperparameters)."""
+StepInputs = Batch  # the name this object had before terms could be stacked
+
+
+class Term(nn.Module):
+    """Base class of a loss term. Subclasses set ``Options`` (a dataclass of hyperparameters).
+
+    ``needs_unlabeled``: the term is skipped on a step whose unlabeled batch is empty.
+    ``log_key``: the name its loss is logged under (default: its registered name; a base
+    method logs as ``base``).
+    """
 
     name: ClassVar[str] = ""
+    needs_unlabeled: ClassVar[bool] = True
 
     @dataclass
     class Options:
@@ -73,36 +118,43 @@ class SSLMethod(nn.Module):
         self.options = self.Options(**options)
 
     def setup(self, model: nn.Module) -> None:
-        """Called once with the student model before training (e.g. to build a teacher)."""
+        """Called once with the model before training (e.g. to build a teacher)."""
 
-    def unlabeled_loss(self, step: StepInputs) -> Tensor | None:
-        """L_base for this step, or None when the method adds nothing."""
+    def before_forward(self, batch: Batch) -> None:
+        """Called each step before the training pass (``batch.output`` is None)."""
+
+    def loss(self, batch: Batch) -> Tensor | None:
+        """This term's loss for the step, or None when it adds nothing."""
         return None
+
+    def log_terms(self, batch: Batch) -> dict[str, Tensor]:
+        """Extra scalars for the metrics file, asked for on logged steps only (no gradient)."""
+        return {}
 
     def after_step(self, model: nn.Module) -> None:
         """Called after each optimizer step (e.g. to update a teacher)."""
 
+    # The name this hook had when a method could only add an unlabeled loss.
+    def unlabeled_loss(self, batch: Batch) -> Tensor | None:
+        return self.loss(batch)
 
-METHODS: dict[str, type[SSLMethod]] = {}
+
+SSLMethod = Term  # the name base methods had before terms could be stacked
+
+METHODS: Registry[type[Term]] = Registry("method", "method.name")
 
 
-def register(name: str) -> Callable[[type[SSLMethod]], type[SSLMethod]]:
-    def deco(cls: type[SSLMethod]) -> type[SSLMethod]:
-        if name in METHODS:
-            raise ValueError(f"method {name!r} is registered twice")
+def register(name: str) -> Callable[[type[Term]], type[Term]]:
+    def deco(cls: type[Term]) -> type[Term]:
+        METHODS.register(name, cls)
         cls.name = name
-        METHODS[name] = cls
         return cls
 
     return deco
 
 
-def build_method(name: str, options: dict | None = None) -> SSLMethod:
-    try:
-        cls = METHODS[name]
-    except KeyError:
-        raise ValueError(f"unknown method {name!r}; choose one of {', '.join(sorted(METHODS))}") from None
-    return cls(**(options or {}))
+def build_method(name: str, options: dict | None = None) -> Term:
+    return METHODS.get(name)(**(options or {}))
 
 
 @contextmanager

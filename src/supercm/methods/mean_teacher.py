@@ -9,11 +9,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import SSLMethod, StepInputs, register
+from .base import Batch, Term, register
 
 
 @register("mean_teacher")
-class MeanTeacher(SSLMethod):
+class MeanTeacher(Term):
     """``L = mean_ik (softmax(student(a(x)))_ik − softmax(teacher(a'(x)))_ik)²``.
 
     The teacher is an exponential moving average of the student's weights,
@@ -29,11 +29,11 @@ class MeanTeacher(SSLMethod):
         self.teacher = copy.deepcopy(model)
         self.teacher.requires_grad_(False)
 
-    def unlabeled_loss(self, step: StepInputs) -> Tensor:
-        self.teacher.train(step.model.training)
+    def loss(self, batch: Batch) -> Tensor:
+        self.teacher.train(batch.model.training)
         with torch.no_grad():
-            target = self.teacher(step.augment(step.x_unlabeled_raw)).logits.softmax(dim=1)
-        return F.mse_loss(step.logits_unlabeled.softmax(dim=1), target)
+            target = self.teacher(batch.augment(batch.x_unlabeled_raw)).logits.softmax(dim=1)
+        return F.mse_loss(batch.logits_unlabeled.softmax(dim=1), target)
 
     @torch.no_grad()
     def after_step(self, model: nn.Module) -> None:

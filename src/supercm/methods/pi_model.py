@@ -6,11 +6,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import SSLMethod, StepInputs, frozen_batchnorm_stats, register
+from .base import Batch, Term, frozen_batchnorm_stats, register
 
 
 @register("pi_model")
-class PiModel(SSLMethod):
+class PiModel(Term):
     """``L = mean_ik (softmax(f(a(x)))_ik − softmax(f(a'(x)))_ik)²`` over two stochastic views.
 
     The first view is the training pass (with gradient); the second, a fresh
@@ -18,7 +18,7 @@ class PiModel(SSLMethod):
     leaves BatchNorm running statistics alone.
     """
 
-    def unlabeled_loss(self, step: StepInputs) -> Tensor:
-        with torch.no_grad(), frozen_batchnorm_stats(step.model):
-            target = step.model(step.augment(step.x_unlabeled_raw)).logits.softmax(dim=1)
-        return F.mse_loss(step.logits_unlabeled.softmax(dim=1), target)
+    def loss(self, batch: Batch) -> Tensor:
+        with torch.no_grad(), frozen_batchnorm_stats(batch.model):
+            target = batch.model(batch.augment(batch.x_unlabeled_raw)).logits.softmax(dim=1)
+        return F.mse_loss(batch.logits_unlabeled.softmax(dim=1), target)

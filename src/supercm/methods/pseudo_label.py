@@ -8,13 +8,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import SSLMethod, StepInputs, frozen_batchnorm_stats, register
+from .base import Batch, Term, frozen_batchnorm_stats, register
 
 VARIANTS = ("authors", "textbook")
 
 
 @register("pseudo_label")
-class PseudoLabel(SSLMethod):
+class PseudoLabel(Term):
     """Cross-entropy of the unlabeled batch against targets made from the model's own predictions.
 
     p = softmax(training-pass logits), detached.
@@ -40,16 +40,16 @@ class PseudoLabel(SSLMethod):
     #: Weight of a confident sample's one-hot target in the authors' form.
     CONFIDENT_WEIGHT = 10.0
 
-    def unlabeled_loss(self, step: StepInputs) -> Tensor:
+    def loss(self, batch: Batch) -> Tensor:
         if self.options.variant == "textbook":
-            logits = step.logits_unlabeled
+            logits = batch.logits_unlabeled
             confidence, target = logits.detach().softmax(dim=1).max(dim=1)
             mask = (confidence >= self.options.threshold).to(logits.dtype)
             return (F.cross_entropy(logits, target, reduction="none") * mask).mean()
-        p = step.logits_unlabeled.detach().softmax(dim=1)
+        p = batch.logits_unlabeled.detach().softmax(dim=1)
         target = pseudo_label_target(p, self.options.threshold, self.CONFIDENT_WEIGHT)
-        with frozen_batchnorm_stats(step.model):
-            logits = step.model(step.augment(step.x_raw)).logits[step.num_labeled :]
+        with frozen_batchnorm_stats(batch.model):
+            logits = batch.model(batch.augment(batch.x_raw)).logits[batch.num_labeled :]
         return -(target * logits.log_softmax(dim=1)).sum(dim=1).mean()
 
 

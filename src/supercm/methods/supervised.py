@@ -1,8 +1,8 @@
 """Cross-entropy on the labeled batch alone: no unlabeled loss."""
 
-from .base import SSLMethod, register
+from .base import Term, register
 
 
 @register("supervised")
-class Supervised(SSLMethod):
+class Supervised(Term):
     """The CE baseline. With SuperCM (β > 0) the CM loss still uses the unlabeled batch."""

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .base import SSLMethod, StepInputs, frozen_batchnorm_stats, register
+from .base import Batch, Term, frozen_batchnorm_stats, register
 
 VARIANTS = ("authors", "textbook")
 
@@ -30,7 +30,7 @@ def _kl_logits(logits_p: Tensor, logits_q: Tensor) -> Tensor:
 
 
 @register("vat")
-class VAT(SSLMethod):
+class VAT(Term):
     """Adversarial direction ``r_adv = ε · g/‖g‖``, ``g = ∇_r KL(p(x) ‖ p(x + r))|_{r = ξ d}``, and
 
     - ``variant="authors"`` (the SuperCM authors' code, after Oliver et al.):
@@ -74,12 +74,12 @@ class VAT(SSLMethod):
     #: The last adversarial direction (joined batch, labeled rows zero), for diagnostics and tests.
     last_direction: Tensor | None = None
 
-    def unlabeled_loss(self, step: StepInputs) -> Tensor:
+    def loss(self, batch: Batch) -> Tensor:
         opts = self.options
-        n = step.num_labeled
-        x = step.x.detach()
-        p = step.logits_unlabeled.detach().softmax(dim=1)
-        model = step.model
+        n = batch.num_labeled
+        x = batch.x.detach()
+        p = batch.logits_unlabeled.detach().softmax(dim=1)
+        model = batch.model
         with frozen_batchnorm_stats(model):
             d = torch.zeros_like(x)
             d[n:] = _unit(torch.randn_like(x[n:]))
@@ -92,5 +92,5 @@ class VAT(SSLMethod):
             self.last_direction = d
             logits_adv = model(x + opts.epsilon * d).logits[n:]
         if opts.variant == "authors":
-            return _kl_logits(logits_adv, step.logits_unlabeled.detach())
+            return _kl_logits(logits_adv, batch.logits_unlabeled.detach())
         return _kl(p, logits_adv)
