@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -33,7 +34,7 @@ from supercm.uda import (
 )
 
 DTYPES = [torch.float32, torch.float64]
-TOL = {torch.float32: dict(rtol=1e-5, atol=1e-6), torch.float64: dict(rtol=1e-10, atol=1e-12)}
+TOL = {torch.float32: {"rtol": 1e-5, "atol": 1e-6}, torch.float64: {"rtol": 1e-10, "atol": 1e-12}}
 
 
 # --------------------------------------------------------------------------- gradient reversal
@@ -70,7 +71,7 @@ def test_dann_lambda_schedule():
     assert dann_lambda(1000) == pytest.approx(2 / (1 + math.exp(-1)) - 1) == pytest.approx(0.4621, abs=1e-4)
     assert dann_lambda(5000) == pytest.approx(2 / (1 + math.exp(-5)) - 1) == pytest.approx(0.9866, abs=1e-4)
     values = [dann_lambda(i) for i in range(0, 20001, 500)]
-    assert all(a < b for a, b in zip(values, values[1:]))
+    assert all(a < b for a, b in itertools.pairwise(values))
     assert dann_lambda(10**9) == 1.0  # no overflow
     assert dann_lambda(500, scale=500) == dann_lambda(1000)
     with pytest.raises(ValueError):
@@ -120,7 +121,9 @@ def test_mcc_equals_reference(dtype, shape, temperature):
     logits = torch.randn(*shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 3
     got = mcc_loss(logits.to(dtype), temperature)
     assert got.dtype == dtype and got.shape == ()
-    assert got.item() == pytest.approx(mcc_reference(logits.numpy(), temperature), rel=1e-5 if dtype == torch.float32 else 1e-11)
+    assert got.item() == pytest.approx(
+        mcc_reference(logits.numpy(), temperature), rel=1e-5 if dtype == torch.float32 else 1e-11
+    )
 
 
 def test_mcc_limits():
@@ -161,7 +164,9 @@ def _nonzero_finite(grad):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("loss_fn", [mcc_loss, bnm_loss, lambda z: bnm_loss(z, "batch")], ids=["mcc", "bnm", "bnm-batch"])
+@pytest.mark.parametrize(
+    "loss_fn", [mcc_loss, bnm_loss, lambda z: bnm_loss(z, "batch")], ids=["mcc", "bnm", "bnm-batch"]
+)
 def test_target_losses_send_gradient_into_the_backbone(dtype, loss_fn):
     backbone = _backbone(dtype)
     x = torch.randn(24, 12, generator=torch.Generator().manual_seed(4), dtype=dtype)

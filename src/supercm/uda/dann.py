@@ -46,7 +46,7 @@ class DomainDiscriminator(nn.Sequential):
         self.in_features = in_features
         self.hidden = hidden
 
-    def forward(self, features: Tensor) -> Tensor:  # noqa: D102
+    def forward(self, features: Tensor) -> Tensor:
         return super().forward(features).squeeze(-1)
 
 

@@ -22,12 +22,12 @@ class GradReverse(torch.autograd.Function):
     """Autograd function behind :func:`grad_reverse`: identity forward, gradient × (−λ) backward."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, lambda_: float) -> Tensor:  # noqa: D102
+    def forward(ctx, x: Tensor, lambda_: float) -> Tensor:
         ctx.lambda_ = float(lambda_)
         return x.view_as(x)  # a new view, so autograd records this node
 
     @staticmethod
-    def backward(ctx, grad_output: Tensor) -> tuple[Tensor, None]:  # noqa: D102
+    def backward(ctx, grad_output: Tensor) -> tuple[Tensor, None]:
         return grad_output.neg() * ctx.lambda_, None
 
 
@@ -53,7 +53,7 @@ class GradientReversal(nn.Module):
         super().__init__()
         self.lambda_ = lambda_
 
-    def forward(self, x: Tensor) -> Tensor:  # noqa: D102
+    def forward(self, x: Tensor) -> Tensor:
         return grad_reverse(x, self.lambda_)
 
     def extra_repr(self) -> str:
