@@ -22,10 +22,11 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
-    name: str = "digits"  # a key of supercm.data.DATASETS
+    name: str = "digits"  # a key of supercm.data.DATASETS (the source domain when target is set)
+    target: str | None = None  # domain adaptation: the target dataset, whose labels are never read
     root: str | None = None  # None: $SUPERCM_DATA or ~/.cache/supercm/data
-    num_labeled: int = 100  # total, class-balanced
-    num_validation: int = 200  # total, class-balanced, held out of train
+    num_labeled: int = 100  # total, class-balanced (domain adaptation: every source sample outside validation)
+    num_validation: int = 200  # total, class-balanced, held out of train (domain adaptation: of the source)
     download: bool = False  # let torchvision download (needs the internet)
     augment: bool = True  # augment training batches (false: never)
     augmentation: dict | None = None  # {flip, crop_pad, noise_std}; None: the dataset's paper default
@@ -69,10 +70,17 @@ class RegulariserConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float = 1e-3  # Adam
+    name: str = "adam"  # adam | sgd (momentum, Nesterov: the domain-adaptation protocol)
+    lr: float = 1e-3
     weight_decay: float = 0.0
+    momentum: float = 0.9  # sgd
+    nesterov: bool = True  # sgd
+    schedule: str = "step"  # step: × decay_factor at decay_at; annealed: × (1 + anneal_gamma·i)^(−anneal_power) every step
     decay_at: int | None = None  # iteration at which lr is multiplied by decay_factor
     decay_factor: float = 0.2
+    anneal_gamma: float = 0.001
+    anneal_power: float = 0.75
+    backbone_lr_mult: float = 1.0  # the backbone's lr relative to the head and the terms' modules (0.1 for a pretrained one)
 
 
 @dataclass
@@ -255,6 +263,15 @@ def validate(cfg: Config) -> None:
         need(reg.rampup >= 0, key + ".rampup", f"must be ≥ 0, got {reg.rampup}")
     need(cfg.method.rampup >= 0, "method.rampup", f"must be ≥ 0, got {cfg.method.rampup}")
     need(cfg.optim.lr > 0, "optim.lr", f"must be > 0, got {cfg.optim.lr}")
+    need(cfg.optim.name in ("adam", "sgd"), "optim.name", f"must be 'adam' or 'sgd', got {cfg.optim.name!r}")
+    need(cfg.optim.schedule in ("step", "annealed"), "optim.schedule",
+         f"must be 'step' or 'annealed', got {cfg.optim.schedule!r}")
+    need(0 <= cfg.optim.momentum < 1, "optim.momentum", f"must be in [0, 1), got {cfg.optim.momentum}")
+    need(cfg.optim.anneal_gamma >= 0, "optim.anneal_gamma", f"must be ≥ 0, got {cfg.optim.anneal_gamma}")
+    need(cfg.optim.anneal_power >= 0, "optim.anneal_power", f"must be ≥ 0, got {cfg.optim.anneal_power}")
+    need(cfg.optim.backbone_lr_mult > 0, "optim.backbone_lr_mult", f"must be > 0, got {cfg.optim.backbone_lr_mult}")
+    need(cfg.data.target is None or cfg.train.batch_unlabeled >= 1, "train.batch_unlabeled",
+         "must be ≥ 1 for domain adaptation (data.target is set): it is the target batch")
     need(cfg.optim.weight_decay >= 0, "optim.weight_decay", f"must be ≥ 0, got {cfg.optim.weight_decay}")
     need(cfg.train.iterations >= 1, "train.iterations", f"must be ≥ 1, got {cfg.train.iterations}")
     need(cfg.train.batch_labeled >= 1, "train.batch_labeled", f"must be ≥ 1, got {cfg.train.batch_labeled}")

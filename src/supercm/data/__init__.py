@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from typing import Callable
 
+from ..registry import Registry
 from .base import ArrayDataset, DatasetMissingError, default_data_root
 from .digits import load_digits
-from .domains import DOMAIN_PAIRS, DomainPair, load_domain_pair, load_mnistm_style, load_optdigits, load_synth_digits
+from .domains import DOMAIN_PAIRS, UNLABELED, DomainPair, joined_training_set, load_domain_pair, load_uda, load_mnistm_style, load_optdigits, load_synth_digits
 from .offline import FETCHABLE, fetch, load_fashion_mnist, load_mnist10k
-from .splits import SSLSplit, stratified_split
+from .splits import SSLSplit, stratified_split, uda_split
 from .torchvision_sets import load_cifar10, load_cifar100, load_mnist, load_svhn
 
-DATASETS: dict[str, Callable[..., ArrayDataset]] = {
+DATASETS: Registry[Callable[..., ArrayDataset]] = Registry("dataset", "data.name")
+for _name, _loader in {
     "digits": load_digits,
     "mnist": load_mnist,
     "svhn": load_svhn,
@@ -22,15 +24,12 @@ DATASETS: dict[str, Callable[..., ArrayDataset]] = {
     "mnistm_style": load_mnistm_style,
     "optdigits": load_optdigits,
     "synth_digits": load_synth_digits,
-}
+}.items():
+    DATASETS.register(_name, _loader)
 
 
 def load_dataset(name: str, root: str | None = None, **kwargs) -> ArrayDataset:
-    try:
-        loader = DATASETS[name]
-    except KeyError:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(sorted(DATASETS))}") from None
-    return loader(root, **kwargs)
+    return DATASETS.get(name)(root, **kwargs)
 
 
 __all__ = [
@@ -45,5 +44,9 @@ __all__ = [
     "fetch",
     "load_dataset",
     "load_domain_pair",
+    "load_uda",
+    "joined_training_set",
+    "uda_split",
+    "UNLABELED",
     "stratified_split",
 ]

@@ -752,8 +752,47 @@ def load_domain_pair(source: str, target: str | None = None, root: str | os.Path
     return DomainPair(name, load_source(root), load_target(root))
 
 
+#: The label a target training sample carries inside the trainer: its true label is never copied.
+UNLABELED = -1
+
+
+def load_uda(source: str, target: str, root: str | os.PathLike | None = None) -> DomainPair:
+    """The pair ``source->target``: a :data:`DOMAIN_PAIRS` entry when there is one (it may hold
+    the source out of the target's images), otherwise each dataset loaded by name."""
+    from . import DATASETS
+
+    name = f"{source}->{target}"
+    if name in DOMAIN_PAIRS:
+        return load_domain_pair(name, root=root)
+    return DomainPair(name, DATASETS.get(source)(root), DATASETS.get(target)(root))
+
+
+def joined_training_set(pair: DomainPair) -> ArrayDataset:
+    """``[source train ; target train]`` as one training set, the target test set as its test set.
+
+    The target's training labels are replaced by :data:`UNLABELED`: they never reach the
+    trainer, so no loss, selection rule or log can read them.
+    """
+    s, t = pair.source, pair.target
+    if s.input_shape != t.input_shape:
+        raise ValueError(
+            f"domain pair {pair.name!r}: source samples have shape {s.input_shape} but target samples "
+            f"{t.input_shape}; both domains must be brought to one input shape"
+        )
+    if s.num_classes != t.num_classes:
+        raise ValueError(f"domain pair {pair.name!r}: source has {s.num_classes} classes, target {t.num_classes}")
+    hidden = torch.full_like(t.train_y, UNLABELED)
+    return ArrayDataset(
+        pair.name, torch.cat([s.train_x, t.train_x]), torch.cat([s.train_y, hidden]), t.test_x, t.test_y,
+        s.num_classes, dict(s.augment),
+    )
+
+
 __all__ = [
     "DOMAIN_PAIRS",
+    "UNLABELED",
+    "joined_training_set",
+    "load_uda",
     "GENERATED",
     "DomainPair",
     "build_mnistm_style",

@@ -83,3 +83,18 @@ def stratified_split(
     validation, labeled = order[val_mask], order[lab_mask]
     unlabeled = order[~(val_mask | lab_mask)]
     return SSLSplit(labeled.sort().values, unlabeled.sort().values, validation.sort().values)
+
+
+def uda_split(source_labels: Tensor, num_target: int, num_validation: int, num_classes: int, seed: int) -> SSLSplit:
+    """The split of a domain-adaptation run over ``[source train ; target train]``.
+
+    A class-balanced validation set of ``num_validation`` source samples is held out (the
+    source-validation selection rule uses it); every other source sample is labeled; the
+    ``num_target`` target samples (indices after the source's) are the unlabeled set, whose
+    labels are never read. Deterministic in ``seed``.
+    """
+    k = num_classes
+    part = stratified_split(source_labels, k, num_validation, k, seed)  # one labeled per class, the rest unlabeled
+    labeled = torch.sort(torch.cat([part.labeled, part.unlabeled])).values
+    target = torch.arange(source_labels.numel(), source_labels.numel() + num_target)
+    return SSLSplit(labeled, target, part.validation)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 from torch import Tensor, nn
+
+from ..registry import Registry
 
 
 class MLP(nn.Module):
@@ -142,12 +145,10 @@ def wrn28_8(input_shape: tuple[int, ...], bn_momentum: float = 0.1) -> WideResNe
     return WideResNet(input_shape, 28, 8, bn_momentum=bn_momentum)
 
 
-BACKBONES = {"mlp": MLP, "cnn": SmallCNN, "wrn28_2": wrn28_2, "wrn28_8": wrn28_8}
+BACKBONES: Registry[Callable[..., nn.Module]] = Registry("backbone", "model.backbone")
+for _name, _factory in {"mlp": MLP, "cnn": SmallCNN, "wrn28_2": wrn28_2, "wrn28_8": wrn28_8}.items():
+    BACKBONES.register(_name, _factory)
 
 
 def build_backbone(name: str, input_shape: tuple[int, ...], **kwargs) -> nn.Module:
-    try:
-        factory = BACKBONES[name]
-    except KeyError:
-        raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}") from None
-    return factory(tuple(input_shape), **kwargs)
+    return BACKBONES.get(name)(tuple(input_shape), **kwargs)

@@ -1,0 +1,30 @@
+"""BNM (Cui et al., 2020): batch nuclear-norm maximisation on the target batch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from ..uda import BNM_NORMALISATIONS, bnm_loss
+from .base import Batch, Term, register
+
+
+@register("bnm")
+class BNM(Term):
+    """Minus the nuclear norm of softmax(unlabeled / target logits) (see :func:`supercm.uda.bnm_loss`):
+    ``normalisation="mean"`` (default, the BNM authors' code) averages the singular values,
+    ``"batch"`` divides their sum by the batch size. Usable as a base method or a regulariser."""
+
+    @dataclass
+    class Options:
+        normalisation: str = "mean"
+
+        def __post_init__(self) -> None:
+            if self.normalisation not in BNM_NORMALISATIONS:
+                raise ValueError(
+                    f"method.options.normalisation must be one of {', '.join(BNM_NORMALISATIONS)}, got {self.normalisation!r}"
+                )
+
+    def loss(self, batch: Batch) -> Tensor:
+        return bnm_loss(batch.logits_unlabeled, self.options.normalisation)
