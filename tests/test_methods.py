@@ -85,7 +85,7 @@ def test_extra_passes_leave_batchnorm_statistics_alone():
 def test_unknown_method_and_option_errors():
     with pytest.raises(ValueError, match="unknown method 'fixmatch'"):
         build_method("fixmatch")
-    with pytest.raises(ValueError, match="unknown option 'treshold' for method 'pseudo_label'"):
+    with pytest.raises(ValueError, match="unknown option method.options.treshold for method 'pseudo_label'"):
         build_method("pseudo_label", {"treshold": 0.9})
 
 

@@ -7,7 +7,6 @@ nothing of the method beyond this interface.
 
 from __future__ import annotations
 
-import dataclasses
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, ClassVar, Iterator
@@ -36,7 +35,15 @@ class StepInputs:
 
 
 class SSLMethod(nn.Module):
-    """Base class of a base method. Subclasses set ``Options`` (a dataclass of hyperparameters)."""
+    """Base class of a base method. Subclasses set ``Options`` (a dataclass of hyperparameters).
+
+    Options are checked from the dataclass alone, so a new option is checked without more code:
+    its name, its type (from the annotation; ints are accepted for floats, floats must be
+    finite), and, when the field says so, its range and choices, e.g.
+    ``threshold: float = field(default=0.95, metadata={"range": "[0, 1]"})`` or
+    ``variant: str = field(default="a", metadata={"choices": ("a", "b")})``. An ``Options``
+    may add a ``validate(self)`` method for checks across fields (raise ``ValueError``).
+    """
 
     name: ClassVar[str] = ""
 
@@ -46,12 +53,23 @@ class SSLMethod(nn.Module):
 
     def __init__(self, **options) -> None:
         super().__init__()
-        fields = {f.name for f in dataclasses.fields(self.Options)}
-        unknown = sorted(set(options) - fields)
-        if unknown:
-            allowed = ", ".join(sorted(fields)) or "none"
-            raise ValueError(f"unknown option {unknown[0]!r} for method {self.name!r} (method.options.*); allowed: {allowed}")
-        self.options = self.Options(**options)
+        self.options = self.check_options(options)
+
+    @classmethod
+    def check_options(cls, options: dict | None) -> "SSLMethod.Options":
+        """``Options`` built from ``options``; a :class:`~supercm.config.ConfigError` (a ValueError)
+        naming ``method.options.<name>`` when a name, type or range is wrong."""
+        from ..config import ConfigError, check_options, dataclass_specs
+
+        owner = f"method {cls.name!r}"
+        checked = check_options(options, dataclass_specs(cls.Options), "method.options", owner)
+        opts = cls.Options(**checked)
+        if hasattr(opts, "validate"):
+            try:
+                opts.validate()
+            except ValueError as exc:
+                raise ConfigError(f"method.options for {owner}: {exc}") from None
+        return opts
 
     def setup(self, model: nn.Module) -> None:
         """Called once with the student model before training (e.g. to build a teacher)."""

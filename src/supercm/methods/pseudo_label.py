@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch.nn.functional as F
 from torch import Tensor
@@ -19,7 +19,7 @@ class PseudoLabel(SSLMethod):
 
     @dataclass
     class Options:
-        threshold: float = 0.95
+        threshold: float = field(default=0.95, metadata={"range": "[0, 1]"})
 
     def unlabeled_loss(self, step: StepInputs) -> Tensor:
         logits = step.logits_unlabeled

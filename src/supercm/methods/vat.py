@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -38,9 +38,9 @@ class VAT(SSLMethod):
 
     @dataclass
     class Options:
-        xi: float = 1e-3
-        epsilon: float = 6.0
-        power_iterations: int = 1
+        xi: float = field(default=1e-3, metadata={"range": "(0, inf)"})
+        epsilon: float = field(default=6.0, metadata={"range": "(0, inf)"})
+        power_iterations: int = field(default=1, metadata={"range": "[1, inf)"})
 
     def unlabeled_loss(self, step: StepInputs) -> Tensor:
         x = step.x_unlabeled.detach()
