@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from .base import ArrayDataset, DatasetMissingError, default_data_root
+from .base import ArrayDataset, DatasetCorruptError, DatasetMissingError, default_data_root
 from .digits import load_digits
 from .offline import FETCHABLE, fetch, load_fashion_mnist, load_mnist10k
 from .splits import SSLSplit, stratified_split
@@ -32,6 +32,7 @@ def load_dataset(name: str, root: str | None = None, **kwargs) -> ArrayDataset:
 __all__ = [
     "ArrayDataset",
     "DATASETS",
+    "DatasetCorruptError",
     "DatasetMissingError",
     "FETCHABLE",
     "SSLSplit",
