@@ -406,6 +406,12 @@ class Trainer:
         random numbers drawn), so a backbone or augmentation that does not fit the data fails
         here, with a message, instead of at the first step after files were written."""
         x = self.x_train[:2]
+        asked = self.cfg.data.augmentation or {}
+        if self.cfg.data.augment and len(input_shape) != 3 and (asked.get("flip") or asked.get("crop_pad")):
+            raise ConfigError(
+                f"data.augmentation asks for flip/crop_pad, which need images, but {self.cfg.data.name!r} gives "
+                f"vectors of shape {input_shape}; remove them (noise_std works on vectors) or load images"
+            )
         try:
             self.augment(x, torch.Generator(device=self.device).manual_seed(0))
         except (RuntimeError, ValueError, IndexError) as exc:
