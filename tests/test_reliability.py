@@ -283,7 +283,7 @@ CATALOGUE = [
     ("backbone-dropout-1.5", over("model.options.dropout=1.5"), "model.options.dropout for backbone 'mlp' must be in [0, 1)"),
     ("backbone-unknown-option", over("model.options.heads=4"), "unknown option model.options.heads for backbone 'mlp'"),
     ("cnn-on-vectors", over("model.backbone=cnn", "model.options={}"), "needs image input"),
-    ("dataset-unknown", over("data.name=imagenet"), "'data.name' must be one of"),
+    ("dataset-unknown", over("data.name=imagenet"), "unknown dataset 'imagenet'; choose one of"),
     ("dataset-option-type", over("data.options.image=3"), "data.options.image for dataset 'digits' must be of type bool"),
     ("dataset-option-unknown", over("data.options.colour=true"), "unknown option data.options.colour for dataset 'digits'"),
     ("download-nothing", over("data.download=true"), "'data.download' is true, but dataset 'digits' has nothing to download"),

@@ -418,15 +418,16 @@ def _validate_options(cfg: Config) -> None:
     from .methods import METHODS
     from .models import BACKBONES
 
-    if cfg.data.name not in DATASETS:
-        raise ConfigError(f"config key 'data.name' must be one of {', '.join(sorted(DATASETS))}, got {cfg.data.name!r}")
-    loader = DATASETS[cfg.data.name]
-    specs = signature_specs(loader, skip=("root",))
-    check_options(cfg.data.options, {k: v for k, v in specs.items() if k != "download"},
-                  "data.options", f"dataset {cfg.data.name!r}")
-    if cfg.data.download and "download" not in specs:
-        raise ConfigError(f"config key 'data.download' is true, but dataset {cfg.data.name!r} has nothing to download; "
-                          f"set data.download=false")
+    # A name outside the registry is allowed here: a dataset object may be handed to the Trainer
+    # directly (benchmarks do); load_dataset refuses an unknown name, before anything is written.
+    loader = DATASETS.get(cfg.data.name)
+    if loader is not None:
+        specs = signature_specs(loader, skip=("root",))
+        check_options(cfg.data.options, {k: v for k, v in specs.items() if k != "download"},
+                      "data.options", f"dataset {cfg.data.name!r}")
+        if cfg.data.download and "download" not in specs:
+            raise ConfigError(f"config key 'data.download' is true, but dataset {cfg.data.name!r} has nothing to "
+                              f"download; set data.download=false")
     if cfg.data.augmentation is not None:
         ranges = {"crop_pad": "[0, inf)", "noise_std": "[0, inf)"}
         aug = {k: OptionSpec(v.hint, ranges.get(k)) for k, v in dataclass_specs(Augment).items() if k != "draw"}
