@@ -520,7 +520,8 @@ def test_summary_stays_valid_json_without_a_validation_split(tmp_path, digits):
         raise AssertionError(f"{constant} is not JSON")
 
     summary = json.loads((run / SUMMARY).read_text(), parse_constant=refuse)
-    assert summary["best_val_accuracy"] is None or summary["best_val_accuracy"] == -1.0
+    assert summary["best_val_accuracy"] is None and summary["test_accuracy_at_best_val"] is None
+    assert 0 <= summary["final_test_accuracy"] <= 1
     for line in (run / EVALS).read_text().splitlines():
         assert json.loads(line, parse_constant=refuse)["val"] is None
 

@@ -825,11 +825,13 @@ class Trainer:
             rec = self.evaluate_now(final=True)
         result = RunResult(
             best_iteration=self.best["iteration"],
-            best_val_accuracy=self.best["val"],
+            # -1 is "never improved": no validation split (num_validation=0); reported as null.
+            best_val_accuracy=self.best["val"] if self.best["val"] >= 0 else float("nan"),
             test_accuracy_at_best_val=self.best["test"],
             final_val_accuracy=rec["val"],
             final_test_accuracy=rec["test"],
-            ema_best_val_accuracy=self.ema_best["val"] if self.ema_model is not None else None,
+            ema_best_val_accuracy=(self.ema_best["val"] if self.ema_best["val"] >= 0 else float("nan"))
+            if self.ema_model is not None else None,
             ema_test_accuracy_at_best_val=self.ema_best["test"] if self.ema_model is not None else None,
             seconds=self.elapsed,
             iterations=self.iteration,
