@@ -30,8 +30,7 @@ import yaml
 from supercm import train as train_mod
 from supercm.cli import main
 from supercm.config import Config, ConfigError, MethodConfig, from_dict, load_config
-from supercm.data import load_dataset
-from supercm.data import offline
+from supercm.data import load_dataset, offline
 from supercm.methods import build_method
 from supercm.train import CHECKPOINT, CONFIG, EVALS, LOCK, METRICS, SPLIT, SUMMARY, RunDirError, Trainer
 
@@ -561,8 +560,7 @@ def test_kill_during_resume_time_truncation_keeps_the_logs(tmp_path, digits, mon
     run = tmp_path / "r"
     Trainer(tiny(**{"train.iterations": 3}), run, dataset=digits).fit()  # checkpoint at 3
     with open(run / METRICS, "a") as f:  # lines a killed run logged after its checkpoint
-        for it in range(4, 9):
-            f.write(json.dumps({"iteration": it, "loss": 1.0}) + "\n")
+        f.writelines(json.dumps({"iteration": it, "loss": 1.0}) + "\n" for it in range(4, 9))
     logged = (run / METRICS).read_bytes()
 
     def killed_rewrite(self, *args, **kwargs):  # an in-place rewrite: open (truncate), then die
