@@ -62,8 +62,9 @@ def test_train_writes_a_run_and_refuses_to_overwrite_it(tmp_path, capsys):
     assert main(args) == 0
     summary = json.loads((run / "summary.json").read_text())
     assert summary["iterations"] == 20
-    with pytest.raises(SystemExit, match="already holds a run; continue it with 'supercm train --resume"):
-        main(args)
+    capsys.readouterr()
+    assert main(args) == 2
+    assert "already holds a run (checkpoint.pt); continue it with 'supercm train --resume" in capsys.readouterr().err
     assert json.loads((run / "summary.json").read_text()) == summary  # nothing was overwritten
     assert main(["train", "--resume", str(run)]) == 0  # a finished run resumes to the same result
     assert json.loads((run / "summary.json").read_text())["iterations"] == 20

@@ -10,7 +10,7 @@ from supercm.config import Config, ConfigError, from_dict, load_config, parse_ov
 def test_defaults_and_overrides(tmp_path):
     p = tmp_path / "c.yaml"
     p.write_text("cm:\n  beta: 0.2\ntrain:\n  iterations: 7\n")
-    cfg = load_config(p, ["cm.beta=0.5", "method.options.threshold=0.9", "optim.decay_at=null"])
+    cfg = load_config(p, ["cm.beta=0.5", "method.name=pseudo_label", "method.options.threshold=0.9", "optim.decay_at=null"])
     assert cfg.cm.beta == 0.5 and cfg.train.iterations == 7
     assert cfg.method.options == {"threshold": 0.9} and cfg.optim.decay_at is None
     assert isinstance(from_dict({"optim": {"lr": 1}}).optim.lr, float)  # ints are accepted for floats

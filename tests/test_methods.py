@@ -89,7 +89,7 @@ def test_extra_passes_leave_batchnorm_statistics_alone():
 def test_unknown_method_and_option_errors():
     with pytest.raises(ValueError, match="unknown method 'fixmatch'"):
         build_method("fixmatch")
-    with pytest.raises(ValueError, match="unknown option 'treshold' for method 'pseudo_label'"):
+    with pytest.raises(ValueError, match="unknown option method.options.treshold for method 'pseudo_label'"):
         build_method("pseudo_label", {"treshold": 0.9})
 
 
@@ -209,7 +209,7 @@ def test_vat_direction_through_the_trainers_step_is_the_float64_direction(digits
 
 def test_vat_and_pseudo_label_options_name_the_variant():
     for name in ("vat", "pseudo_label"):
-        with pytest.raises(ValueError, match="method.options.variant must be one of authors, textbook"):
+        with pytest.raises(ValueError, match="method.options.variant .*must be one of authors, textbook"):
             build_method(name, {"variant": "oliver"})
         assert build_method(name).options.variant == "authors"
 

@@ -239,8 +239,10 @@ def test_nonfinite_loss_stops_with_clear_error(digits):
 
 def test_a_run_directory_refuses_another_config(digits, tmp_path):
     Trainer(tiny(**{"train.iterations": 2}), tmp_path / "r", dataset=digits)  # writes config.yaml, split.json
-    with pytest.raises(ValueError, match="holds a run with another config"):
-        Trainer(tiny(**{"train.iterations": 2, "train.seed": 5}), tmp_path / "r", dataset=digits)
+    # No checkpoint yet (a run that failed before its first one): the directory may be reused.
+    Trainer(tiny(**{"train.iterations": 2, "train.seed": 5}), tmp_path / "r", dataset=digits).fit()
+    with pytest.raises(ValueError, match="already holds a run"):  # now it holds a checkpoint
+        Trainer(tiny(**{"train.iterations": 2, "train.seed": 6}), tmp_path / "r", dataset=digits)
 
 
 def test_a_run_saved_before_a_config_key_existed_still_resumes(digits, tmp_path):

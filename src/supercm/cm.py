@@ -35,6 +35,7 @@ Example::
 from __future__ import annotations
 
 import math
+import numbers
 from typing import NamedTuple
 
 import torch
@@ -85,7 +86,10 @@ class CMLossTerms(NamedTuple):
         return self.e1 + self.e2 + self.e3 + self.e4
 
 
-def _check_2d(name: str, t: Tensor, rows: int | None = None, cols: int | None = None) -> None:
+def _check_2d(
+    name: str, t: Tensor, rows: int | None = None, cols: int | None = None,
+    rows_are: str = "one per sample", cols_are: str = "",
+) -> None:
     if not isinstance(t, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if t.dim() != 2:
@@ -94,9 +98,9 @@ def _check_2d(name: str, t: Tensor, rows: int | None = None, cols: int | None = 
             f"to (batch, features) first, e.g. with torch.flatten(x, 1)"
         )
     if rows is not None and t.shape[0] != rows:
-        raise ValueError(f"{name} has {t.shape[0]} rows, expected {rows} (one per sample)")
+        raise ValueError(f"{name} has {t.shape[0]} rows, expected {rows} ({rows_are})")
     if cols is not None and t.shape[1] != cols:
-        raise ValueError(f"{name} has {t.shape[1]} columns, expected {cols}")
+        raise ValueError(f"{name} has {t.shape[1]} columns, expected {cols}{f' ({cols_are})' if cols_are else ''}")
     if t.shape[0] == 0:
         raise ValueError(f"{name} is empty: a batch needs at least one sample")
 
@@ -107,6 +111,36 @@ def _check_finite(name: str, t: Tensor) -> None:
             f"{name} contains NaN or Inf; the backbone diverged or the input is corrupt "
             f"(lower the learning rate or check the data)"
         )
+
+
+def _check_simplex(gamma: Tensor) -> None:
+    """Rows of γ must be probability vectors: finite, ≥ 0 and summing to 1 within 1e-2 (loose
+    enough for a bfloat16 softmax cast to float64; logits or unnormalised scores are far off)."""
+    tol = 1e-2
+    g = gamma.detach().float()
+    finite = torch.isfinite(g).all()
+    off = torch.where(finite, ((g.sum(dim=1) - 1).abs().max() > tol) | (g.min() < -tol), torch.tensor(False, device=g.device))
+    if not bool(finite):
+        raise ValueError("responsibilities contain NaN or Inf; they must be rows of softmax probabilities")
+    if bool(off):
+        raise ValueError(
+            "responsibilities must be rows on the probability simplex (each ≥ 0, each row summing to 1); "
+            "pass softmax(logits), not the logits"
+        )
+
+
+def _check_alpha(alpha: float | Tensor, k: int | None = None) -> None:
+    """α must be finite and > 0: a scalar or a (K,) vector."""
+    if isinstance(alpha, Tensor):
+        if alpha.dim() > 1 or (k is not None and alpha.dim() == 1 and alpha.shape[0] != k):
+            raise ValueError(f"alpha must be a scalar or have shape ({k if k is not None else 'K'},), got {tuple(alpha.shape)}")
+        a = alpha.detach()
+        if not bool((torch.isfinite(a) & (a > 0)).all()):
+            raise ValueError(f"alpha must be finite and > 0 everywhere, got {a.tolist()}")
+    elif isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
+        raise TypeError(f"alpha must be a number or a tensor, got {type(alpha).__name__}")
+    elif not (math.isfinite(alpha) and alpha > 0):
+        raise ValueError(f"alpha must be finite and > 0, got {alpha}")
 
 
 def cm_loss_terms(
@@ -141,6 +175,8 @@ def cm_loss_terms(
     """
     x, gamma, mu, recon, dtype = _prepare(features, responsibilities, centroids, reconstruction, check_inputs)
     n, d = x.shape
+    if check_inputs:
+        _check_alpha(alpha, gamma.shape[1])
 
     mu_sq = (mu * mu).sum(dim=1)  # ‖μ_k‖², (K,)
     gamma_sum = gamma.sum(dim=0)  # Σ_i γ_ik
@@ -163,8 +199,18 @@ def _prepare(
         _check_2d("features", features)
         n, d = features.shape
         _check_2d("responsibilities", responsibilities, rows=n)
-        _check_2d("centroids", centroids, rows=responsibilities.shape[1], cols=d)
+        k = responsibilities.shape[1]
+        _check_2d("centroids", centroids, rows=k, cols=d,
+                  rows_are=f"one per class: responsibilities have {k} columns",
+                  cols_are=f"the feature dimension d = {d}")
+        if reconstruction is not None and (not isinstance(reconstruction, Tensor) or reconstruction.shape != (n, d)):
+            shape = tuple(reconstruction.shape) if isinstance(reconstruction, Tensor) else type(reconstruction).__name__
+            raise ValueError(f"reconstruction must have the features' shape {(n, d)} (γ μ), got {shape}")
         _check_finite("features", features)
+        _check_finite("centroids", centroids)
+        _check_simplex(responsibilities)
+        if reconstruction is not None:
+            _check_finite("reconstruction", reconstruction)
     dtype = torch.promote_types(torch.promote_types(features.dtype, responsibilities.dtype), torch.float32)
     x = features.to(dtype)
     gamma = responsibilities.to(dtype)
@@ -216,6 +262,8 @@ def cm_loss(
     """
     x, gamma, mu, recon, _ = _prepare(features, responsibilities, centroids, reconstruction, check_inputs)
     n, d = x.shape
+    if check_inputs:
+        _check_alpha(alpha, gamma.shape[1])
     gamma_sum = gamma.sum(dim=0)
     kmeans = (x * (x - 2.0 * recon)).sum() + gamma_sum @ (mu * mu).sum(dim=1)
     loss = kmeans / (n * d)
@@ -282,10 +330,14 @@ class ClusteringModule(nn.Module):
         super().__init__()
         if centroids not in CENTROID_RULES:
             raise ValueError(f"unknown centroid rule {centroids!r}; choose one of {', '.join(CENTROID_RULES)}")
+        for name, value in (("in_features", in_features), ("num_classes", num_classes)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise TypeError(f"{name} must be a whole number, got {value!r}")
         if int(in_features) < 1:
             raise ValueError(f"in_features must be ≥ 1, got {in_features}")
         if int(num_classes) < 2:
             raise ValueError(f"num_classes must be ≥ 2, got {num_classes}")
+        _check_alpha(alpha, int(num_classes))
         if not (temperature > 0 and math.isfinite(temperature)):
             raise ValueError(f"temperature must be a positive finite number, got {temperature}")
         if not 0.0 <= momentum < 1.0:

@@ -1,12 +1,19 @@
 """Run configuration: nested dataclasses, YAML files and dotted ``key=value`` overrides.
 
 Every key is validated: an unknown key or a value of the wrong type is an error
-that names the key. YAML is read with ``yaml.safe_load`` only.
+that names the key; so are the option dictionaries (``data.options``,
+``model.options``, ``method.options``), against the loader's, backbone's or
+method's own parameters. YAML is read with :func:`yaml_load` only: the safe
+loader, plus the floats people write (``3e-4``, ``1e6``, which YAML 1.1 reads as
+strings) and an error for a key given twice (YAML would keep the last silently).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import math
+import re
 import types
 import typing
 from dataclasses import asdict, dataclass, field
@@ -18,6 +25,47 @@ import yaml
 
 class ConfigError(ValueError):
     """A configuration key or value is wrong; the message names the key."""
+
+
+class _Loader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that reads ``3e-4``/``1e6`` as floats and refuses duplicate keys."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            self.flatten_mapping(node)
+            seen: dict = {}
+            for key_node, _ in node.value:
+                key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+                if key is not None and key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        "while constructing a mapping", node.start_mark,
+                        f"found duplicate key {key!r} (first given {seen[key]}); keep one of them",
+                        key_node.start_mark,
+                    )
+                if key is not None:
+                    seen[key] = f"on line {key_node.start_mark.line + 1}"
+        return super().construct_mapping(node, deep=deep)
+
+
+# A copy, so adding a resolver does not change yaml.SafeLoader's shared lists.
+_Loader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def yaml_load(text: str) -> Any:
+    """Parse YAML safely (no tags that build objects), with ``1e-6`` a float and duplicate keys an error."""
+    return yaml.load(text, Loader=_Loader)
 
 
 @dataclass
@@ -142,6 +190,8 @@ def _type_ok(value: Any, hint: Any) -> tuple[bool, Any]:
         return isinstance(value, str), value
     if hint is dict or origin is dict:
         return isinstance(value, dict), value
+    if hint is list or origin in (list, tuple) or hint is tuple:
+        return isinstance(value, (list, tuple)), value
     return True, value
 
 
@@ -209,10 +259,29 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not key:
         raise ConfigError(f"override {text!r} has no key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = yaml_load(raw) if raw.strip() else ""
     except yaml.YAMLError as exc:
-        raise ConfigError(f"override {text!r}: value is not valid YAML ({exc})") from None
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({' '.join(str(exc).split())})") from None
     return key, value
+
+
+def read_yaml_file(path: str | Path) -> dict | None:
+    """A config file's mapping (None when empty); every problem is a :class:`ConfigError` naming the file."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {str(p)!r} is not text (not valid UTF-8)") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {str(p)!r}: {exc.strerror or exc}") from None
+    try:
+        data = yaml_load(text)
+    except yaml.YAMLError as exc:
+        one_line = " ".join(str(exc).split())
+        raise ConfigError(f"config file {str(p)!r} is not valid YAML: {one_line}") from None
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"config file {str(p)!r} must hold a mapping at the top level")
+    return data
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
@@ -222,33 +291,132 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"config file {str(p)!r} does not exist")
-        with open(p) as f:
-            try:
-                data = yaml.safe_load(f) or {}
-            except yaml.YAMLError as exc:
-                raise ConfigError(f"config file {str(p)!r} is not valid YAML: {exc}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"config file {str(p)!r} must hold a mapping at the top level")
+        data = read_yaml_file(p) or {}
     for text in overrides:
         key, value = parse_override(text)
         _set_dotted(data, key, value)
     return from_dict(data)
 
 
+_RANGE = re.compile(r"^\s*([\[(])\s*([^,]+?)\s*,\s*([^,]+?)\s*([\])])\s*$")
+
+
+def in_range(value: float, interval: str) -> bool:
+    """Whether ``value`` lies in ``interval``, written like ``"[0, 1)"`` or ``"(0, inf)"``; NaN never does."""
+    m = _RANGE.match(interval)
+    if m is None:
+        raise ValueError(f"bad range {interval!r}; write it like '[0, 1)' or '(0, inf)'")
+    lo, hi = float(m.group(2)), float(m.group(3))
+    if isinstance(value, float) and math.isnan(value):
+        return False
+    above = value >= lo if m.group(1) == "[" else value > lo
+    below = value <= hi if m.group(4) == "]" else value < hi
+    return above and below
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    """What one option accepts: a type annotation, an optional range (``"[0, 1)"``) and choices."""
+
+    hint: Any = Any
+    range: str | None = None
+    choices: tuple | None = None
+
+
+def check_options(options: Any, specs: dict[str, OptionSpec], key: str, owner: str, fix: str = "") -> dict:
+    """Names, types and ranges of an option dictionary; returns it with ints converted for floats.
+
+    ``key`` is the config key holding the dictionary (``"method.options"``), ``owner`` what
+    takes the options (``"method 'vat'"``); every error is a :class:`ConfigError` naming
+    ``key.name``. Floats must be finite unless their range says ``inf``.
+    """
+    if options is None:
+        options = {}
+    if not isinstance(options, dict):
+        raise ConfigError(f"config key {key!r} must be a mapping of option names to values, got {options!r}")
+    unknown = sorted(set(options) - set(specs), key=str)
+    if unknown:
+        allowed = ", ".join(sorted(specs)) or "none"
+        raise ConfigError(f"unknown option {key}.{unknown[0]} for {owner}; allowed: {allowed}{fix}")
+    out = {}
+    for name, value in options.items():
+        spec = specs[name]
+        ok, value = _type_ok(value, spec.hint) if spec.hint is not Any else (True, value)
+        if not ok:
+            raise ConfigError(
+                f"option {key}.{name} for {owner} must be of type {_type_name(spec.hint)}, "
+                f"got {value!r} ({type(value).__name__})"
+            )
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if number and spec.range is not None and not in_range(value, spec.range):
+            raise ConfigError(f"option {key}.{name} for {owner} must be in {spec.range}, got {value}")
+        if isinstance(value, float) and spec.range is None and not math.isfinite(value):
+            raise ConfigError(f"option {key}.{name} for {owner} must be a finite number, got {value}")
+        if spec.choices is not None and value not in spec.choices:
+            raise ConfigError(
+                f"option {key}.{name} for {owner} must be one of {', '.join(map(str, spec.choices))}, got {value!r}"
+            )
+        out[name] = value
+    return out
+
+
+def dataclass_specs(cls: type) -> dict[str, OptionSpec]:
+    """Option specs from a dataclass: field types, plus ``metadata={"range": ..., "choices": ...}``."""
+    hints = typing.get_type_hints(cls)
+    return {
+        f.name: OptionSpec(hints.get(f.name, Any), f.metadata.get("range"), f.metadata.get("choices"))
+        for f in dataclasses.fields(cls)
+    }
+
+
+def signature_specs(fn: Any, skip: tuple[str, ...] = (), ranges: dict[str, str] | None = None) -> dict[str, OptionSpec]:
+    """Option specs from a function's (or class's) keyword parameters and their annotations."""
+    target = fn.__init__ if isinstance(fn, type) else fn
+    try:
+        hints = typing.get_type_hints(target)
+    except Exception:  # unresolvable annotations: check names only
+        hints = {}
+    ranges = ranges or {}
+    params = inspect.signature(target).parameters
+    return {
+        name: OptionSpec(hints.get(name, Any), ranges.get(name))
+        for name, p in params.items()
+        if name not in ("self", *skip) and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        and p.default is not p.empty
+    }
+
+
+KNOWN_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
 def validate(cfg: Config) -> None:
-    """Range checks that types alone cannot express."""
+    """Range checks that types alone cannot express, and the option dictionaries."""
     from .cm import CENTROID_RULES
 
     def need(cond: bool, key: str, msg: str) -> None:
         if not cond:
             raise ConfigError(f"config key {key!r} {msg}")
 
-    need(cfg.cm.beta >= 0, "cm.beta", f"must be ≥ 0, got {cfg.cm.beta}")
+    def finite(x: float) -> bool:
+        return math.isfinite(x)
+
+    need(finite(cfg.cm.beta) and cfg.cm.beta >= 0, "cm.beta", f"must be ≥ 0 and finite, got {cfg.cm.beta}")
     need(cfg.cm.centroids in CENTROID_RULES, "cm.centroids", f"must be one of {', '.join(CENTROID_RULES)}, got {cfg.cm.centroids!r}")
     need(0 <= cfg.cm.momentum < 1, "cm.momentum", f"must be in [0, 1), got {cfg.cm.momentum}")
-    need(cfg.cm.temperature > 0, "cm.temperature", f"must be > 0, got {cfg.cm.temperature}")
+    need(finite(cfg.cm.temperature) and cfg.cm.temperature > 0, "cm.temperature",
+         f"must be > 0 and finite, got {cfg.cm.temperature}")
+    need(finite(cfg.cm.alpha) and cfg.cm.alpha > 0, "cm.alpha", f"must be > 0 and finite, got {cfg.cm.alpha}")
     need(cfg.cm.features in ("reuse", "eval_pass"), "cm.features", f"must be 'reuse' or 'eval_pass', got {cfg.cm.features!r}")
-    need(cfg.method.delta >= 0, "method.delta", f"must be ≥ 0, got {cfg.method.delta}")
+    need(finite(cfg.method.delta) and cfg.method.delta >= 0, "method.delta",
+         f"must be ≥ 0 and finite, got {cfg.method.delta}")
+    need(cfg.method.rampup >= 0, "method.rampup", f"must be ≥ 0, got {cfg.method.rampup}")
+    need(finite(cfg.optim.lr) and cfg.optim.lr > 0, "optim.lr", f"must be > 0 and finite, got {cfg.optim.lr}")
+    need(finite(cfg.optim.weight_decay) and cfg.optim.weight_decay >= 0, "optim.weight_decay",
+         f"must be ≥ 0 and finite, got {cfg.optim.weight_decay}")
+    need(cfg.optim.decay_at is None or cfg.optim.decay_at >= 0, "optim.decay_at",
+         f"must be ≥ 0 (or null: never), got {cfg.optim.decay_at}")
+    need(finite(cfg.optim.decay_factor) and cfg.optim.decay_factor > 0, "optim.decay_factor",
+         f"must be > 0 and finite (the learning rate is multiplied by it), got {cfg.optim.decay_factor}")
     from .methods import METHODS
 
     need(cfg.method.name in METHODS, "method.name",
@@ -261,8 +429,6 @@ def validate(cfg: Config) -> None:
              f"cannot be {reg.name!r}: SuperCM's weight is cm.beta, and 'supervised' adds no loss")
         need(reg.weight >= 0, key + ".weight", f"must be ≥ 0, got {reg.weight}")
         need(reg.rampup >= 0, key + ".rampup", f"must be ≥ 0, got {reg.rampup}")
-    need(cfg.method.rampup >= 0, "method.rampup", f"must be ≥ 0, got {cfg.method.rampup}")
-    need(cfg.optim.lr > 0, "optim.lr", f"must be > 0, got {cfg.optim.lr}")
     need(cfg.optim.name in ("adam", "sgd"), "optim.name", f"must be 'adam' or 'sgd', got {cfg.optim.name!r}")
     need(cfg.optim.schedule in ("step", "annealed"), "optim.schedule",
          f"must be 'step' or 'annealed', got {cfg.optim.schedule!r}")
@@ -272,7 +438,6 @@ def validate(cfg: Config) -> None:
     need(cfg.optim.backbone_lr_mult > 0, "optim.backbone_lr_mult", f"must be > 0, got {cfg.optim.backbone_lr_mult}")
     need(cfg.data.target is None or cfg.train.batch_unlabeled >= 1, "train.batch_unlabeled",
          "must be ≥ 1 for domain adaptation (data.target is set): it is the target batch")
-    need(cfg.optim.weight_decay >= 0, "optim.weight_decay", f"must be ≥ 0, got {cfg.optim.weight_decay}")
     need(cfg.train.iterations >= 1, "train.iterations", f"must be ≥ 1, got {cfg.train.iterations}")
     need(cfg.train.batch_labeled >= 1, "train.batch_labeled", f"must be ≥ 1, got {cfg.train.batch_labeled}")
     need(cfg.train.batch_unlabeled >= 0, "train.batch_unlabeled", f"must be ≥ 0, got {cfg.train.batch_unlabeled}")
@@ -280,9 +445,54 @@ def validate(cfg: Config) -> None:
     need(cfg.train.checkpoint_every >= 0, "train.checkpoint_every", f"must be ≥ 0, got {cfg.train.checkpoint_every}")
     need(cfg.train.log_every >= 1, "train.log_every", f"must be ≥ 1, got {cfg.train.log_every}")
     need(0 <= cfg.train.ema_decay < 1, "train.ema_decay", f"must be in [0, 1), got {cfg.train.ema_decay}")
+    need(cfg.train.seed >= 0, "train.seed", f"must be ≥ 0, got {cfg.train.seed}")
+    need(bool(KNOWN_DEVICE.match(cfg.train.device)), "train.device",
+         f"must be auto, cpu, cuda, cuda:N or mps, got {cfg.train.device!r}")
     need(cfg.data.augment_draw in ("sample", "batch"), "data.augment_draw",
          f"must be 'sample' or 'batch', got {cfg.data.augment_draw!r}")
     need(cfg.data.augmentation is None or "draw" not in cfg.data.augmentation, "data.augmentation",
          "must not hold 'draw': set data.augment_draw instead")
     need(cfg.data.num_labeled >= 1, "data.num_labeled", f"must be ≥ 1, got {cfg.data.num_labeled}")
     need(cfg.data.num_validation >= 0, "data.num_validation", f"must be ≥ 0, got {cfg.data.num_validation}")
+    _validate_options(cfg)
+
+
+def _validate_options(cfg: Config) -> None:
+    """``data.options``, ``model.options``, ``method.options`` and ``data.augmentation`` against their owners."""
+    from .data import DATASETS
+    from .data.augment import Augment
+    from .methods import METHODS
+    from .models import BACKBONES
+
+    # A name outside the registry is allowed here: a dataset object may be handed to the Trainer
+    # directly (benchmarks do); load_dataset refuses an unknown name, before anything is written.
+    loader = DATASETS.get(cfg.data.name) if cfg.data.name in DATASETS else None
+    if loader is not None:
+        specs = signature_specs(loader, skip=("root",))
+        check_options(cfg.data.options, {k: v for k, v in specs.items() if k != "download"},
+                      "data.options", f"dataset {cfg.data.name!r}")
+        if cfg.data.download and "download" not in specs:
+            raise ConfigError(f"config key 'data.download' is true, but dataset {cfg.data.name!r} has nothing to "
+                              f"download; set data.download=false")
+    if cfg.data.augmentation is not None:
+        ranges = {"crop_pad": "[0, inf)", "noise_std": "[0, inf)"}
+        aug = {k: OptionSpec(v.hint, ranges.get(k)) for k, v in dataclass_specs(Augment).items() if k != "draw"}
+        check_options(cfg.data.augmentation, aug, "data.augmentation", "the augmentation")
+
+    if cfg.model.backbone not in BACKBONES:
+        raise ConfigError(
+            f"config key 'model.backbone' must be one of {', '.join(BACKBONES)}, got {cfg.model.backbone!r}"
+        )
+    factory = BACKBONES[cfg.model.backbone]
+    check_options(
+        cfg.model.options,
+        signature_specs(factory, skip=("input_shape",), ranges=getattr(factory, "option_ranges", None)),
+        "model.options", f"backbone {cfg.model.backbone!r}",
+        fix="; the options may have been written for another backbone: set model.options too (e.g. model.options={})",
+    )
+
+    if cfg.method.name not in METHODS:
+        raise ConfigError(f"config key 'method.name' must be one of {', '.join(sorted(METHODS))}, got {cfg.method.name!r}")
+    METHODS[cfg.method.name].check_options(cfg.method.options)
+    for reg in cfg.regularisers:
+        METHODS[reg.name].check_options(reg.options)

@@ -79,6 +79,12 @@ def run_demo(
 ) -> dict:
     from tqdm.auto import tqdm
 
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise ValueError(f"demo needs at least one seed (--seeds ≥ 1), got {seeds!r}")
+    if not betas or any(not (0 < b < float("inf")) for b in betas):
+        raise ValueError(
+            f"demo --betas must be finite values > 0, got {list(betas)} (β = 0, the CE baseline, is always run beside them)"
+        )
     t0 = time.perf_counter()
     base = from_dict(DEMO_CONFIG)
     if iterations is not None:

@@ -38,7 +38,7 @@ class Registry(Generic[T]):
             return self._items[name]
         except KeyError:
             raise ValueError(
-                f"unknown {self.kind} {name!r} ({self.key}); choose one of {', '.join(sorted(self._items))}"
+                f"unknown {self.kind} {name!r}; choose one of {', '.join(sorted(self._items))} ({self.key})"
             ) from None
 
     def __getitem__(self, name: str) -> T:

@@ -7,16 +7,26 @@ accuracy; its test accuracy, and the final model's, are reported.
 
 All randomness comes from seeded generators whose states are checkpointed, so a
 run killed and resumed with ``--resume`` ends exactly where an uninterrupted run
-ends (on the CPU).
+ends (on the CPU, with the same thread count).
+
+A run directory is never lost or poisoned: every file is written atomically (a
+per-process temporary name, then ``os.replace``), a process holds a lock on the
+directory while it trains in it, every file found there is checked against the
+config before anything is written, a checkpoint is only written when every
+weight and buffer is finite, and the checkpoint records the config it was
+written for.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
+import io
 import json
 import math
 import os
 import random
+import secrets
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -30,7 +40,7 @@ import yaml
 from torch import Tensor, nn
 
 from .cm import ClusteringModule
-from .config import Config, OptimConfig, from_dict
+from .config import Config, ConfigError, OptimConfig, from_dict, read_yaml_file
 from .data import ArrayDataset, DomainPair, SSLSplit, joined_training_set, load_dataset, load_uda, stratified_split, uda_split
 from .data.augment import Augment
 from .methods import Batch, Term, build_method
@@ -42,6 +52,15 @@ CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
 EVALS = "eval.jsonl"
 SUMMARY = "summary.json"
+LOCK = ".lock"
+
+#: Keys a checkpoint's config may differ in from ``config.yaml``: they change neither the
+#: trajectory so far nor the data (raising ``train.iterations`` extends a finished run).
+RESUMABLE_CHANGES = ("train.iterations", "train.progress", "train.tensorboard", "train.checkpoint_every")
+
+
+class RunDirError(ValueError):
+    """A run directory cannot be used as asked; the message names the file and the fix."""
 
 
 def rampup(iteration: int, length: int) -> float:
@@ -73,9 +92,22 @@ def build_optimizer(optim: OptimConfig, groups: list[dict]) -> torch.optim.Optim
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"train.device={name!r} but CUDA is not available here; use train.device=cpu or auto")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"config key 'train.device' must be auto, cpu, cuda or cuda:N, got {name!r}") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"train.device={name!r} but CUDA is not available here; use train.device=cpu or auto")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"train.device={name!r} but this machine has {torch.cuda.device_count()} CUDA device(s) "
+                f"(cuda:0..cuda:{torch.cuda.device_count() - 1}); choose one of them or auto"
+            )
+    elif dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ConfigError(f"train.device={name!r} but MPS is not available here; use train.device=cpu or auto")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"config key 'train.device' must be auto, cpu, cuda or cuda:N, got {name!r}")
     return dev
 
 
@@ -138,7 +170,8 @@ class RunResult:
     oracle_iteration: int | None = None
 
     def to_dict(self) -> dict:
-        return dict(self.__dict__)
+        """As plain JSON values: an accuracy that does not exist (no validation split) is None, not NaN."""
+        return _jsonable(dict(self.__dict__))
 
     def selection_rules(self) -> dict[str, float | None]:
         """Test accuracy under each named model-selection rule. In domain adaptation "validation"
@@ -147,6 +180,11 @@ class RunResult:
         if self.oracle_test_accuracy is not None:
             rules["oracle_test_selected"] = self.oracle_test_accuracy
         return rules
+
+
+def _jsonable(record: dict) -> dict:
+    """NaN/inf floats → None, so the JSON files stay valid JSON (``json`` would write bare ``NaN``)."""
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
 
 
 @torch.no_grad()
@@ -164,24 +202,128 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1000) -> 
     return correct / y.numel()
 
 
+def _all_finite(tensors) -> bool:
+    """Whether every floating-point tensor is free of NaN and inf (one host sync)."""
+    flags = [torch.isfinite(t).all() for t in tensors if isinstance(t, Tensor) and t.is_floating_point()]
+    return bool(torch.stack(flags).all()) if flags else True
+
+
+def _tmp_path(path: Path) -> Path:
+    """A temporary name beside ``path`` that no other process (or earlier kill) shares."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+
+
+def atomic_write(path: Path, payload: bytes | str) -> None:
+    """Write ``payload`` to ``path`` so that a kill leaves the old file or the new one, never a mix.
+
+    On any error (a full disk included) the temporary file is removed and the old file is intact.
+    """
+    data = payload.encode() if isinstance(payload, str) else payload
+    tmp = _tmp_path(path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    # Serialised in memory first: torch.save straight to a full disk fails with a zip-writer
+    # message ("unexpected pos"); a plain write fails with ENOSPC, which names the problem.
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write(path, buf.getvalue())
 
 
 def _truncate_jsonl(path: Path, last_iteration: int) -> None:
-    """Drop lines written after the checkpoint we resume from (they will be written again)."""
+    """Drop lines written after the checkpoint we resume from (they will be written again).
+
+    The kept prefix is written to a temporary file that replaces the log atomically: a kill
+    at any moment leaves either the whole old log or the truncated one.
+    """
     if not path.exists():
         return
-    keep = []
-    for line in path.read_text().splitlines():
+    data = path.read_bytes()
+    keep = 0
+    for line in data.splitlines(keepends=True):
         try:
-            if json.loads(line)["iteration"] <= last_iteration:
-                keep.append(line)
-        except (ValueError, KeyError):
+            if not line.endswith(b"\n") or json.loads(line)["iteration"] > last_iteration:
+                break
+        except (ValueError, KeyError, TypeError):
             break  # a line cut by the kill: drop it and everything after
-    path.write_text("".join(k + "\n" for k in keep))
+        keep += len(line)
+    if keep < len(data):
+        atomic_write(path, data[:keep])
+
+
+def _log_iterations(path: Path) -> int:
+    """The number of complete records in a jsonl log (0 when absent)."""
+    if not path.exists():
+        return 0
+    return sum(1 for line in path.read_bytes().splitlines() if line.strip())
+
+
+def _config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two config dictionaries."""
+    keys = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict) and k != "options" and k != "augmentation":
+            keys += _config_diff(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            keys.append(prefix + k)
+    return keys
+
+
+def read_run_config(run_dir: Path) -> Config:
+    """The config saved in ``run_dir/config.yaml``, or a :class:`RunDirError`/:class:`ConfigError` saying why not."""
+    path = run_dir / CONFIG
+    if not path.is_file():
+        raise RunDirError(f"{run_dir} is not a run directory (no {CONFIG}); start a run with 'supercm train CONFIG'")
+    data = read_yaml_file(path)
+    if not data:
+        raise RunDirError(
+            f"{path} is empty or truncated, so the run's config is unknown; restore it "
+            f"(the checkpoint records the config it was written for) or start a new run directory"
+        )
+    try:
+        return from_dict(data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+class _DirLock:
+    """An exclusive ``flock`` on ``run_dir/.lock``: one process trains in a directory at a time."""
+
+    def __init__(self, run_dir: Path):
+        import fcntl
+
+        self._fcntl = fcntl
+        path = run_dir / LOCK
+        try:
+            self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise RunDirError(f"cannot write in the run directory {run_dir}: {exc.strerror}") from None
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(self.fd, 32, 0).decode(errors="replace").strip() or "another process"
+            os.close(self.fd)
+            raise RunDirError(
+                f"{run_dir} is in use: a run is training in it (process {holder}); wait for it to end "
+                f"or choose another run directory (nothing was written)"
+            ) from None
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, str(os.getpid()).encode(), 0)
+
+    def release(self) -> None:
+        if self.fd is not None:
+            self._fcntl.flock(self.fd, self._fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
 
 
 class Trainer:
@@ -191,11 +333,22 @@ class Trainer:
 
         result = Trainer(cfg, "runs/exp1").fit()
         result = Trainer.resume("runs/exp1").fit()
+
+    Everything that can be checked is checked before a file is written: the config, the
+    device, the model against the data's shape, and every file already in ``run_dir``.
+    A directory that holds a checkpoint is only continued by :meth:`resume`; one that
+    holds no checkpoint (a run that failed before its first one) may be reused.
     """
 
-    def __init__(self, cfg: Config, run_dir: str | Path | None = None, *, dataset: ArrayDataset | None = None):
+    def __init__(
+        self, cfg: Config, run_dir: str | Path | None = None, *, dataset: ArrayDataset | None = None,
+        _resuming: bool = False,
+    ):
         self.cfg = cfg
         self.run_dir = Path(run_dir) if run_dir is not None else None
+        self._lock: _DirLock | None = None
+        self._checkpoint_iteration: int | None = None
+        from_dict(cfg.to_dict())  # a Config built by hand in Python is checked like a file
         tc = cfg.train
         seed_everything(tc.seed)
         self.device = resolve_device(tc.device)
@@ -211,33 +364,17 @@ class Trainer:
             raise ValueError("a domain pair (supercm.data.DomainPair) goes with data.target set, an ArrayDataset without it")
         data = joined_training_set(dataset) if self.uda else dataset
         self.num_classes = data.num_classes
-        if self.run_dir is not None and (self.run_dir / CONFIG).exists():
-            # Compared after filling defaults, so a run saved before a new config key existed
-            # (with that key's default behaviour) still resumes.
-            if from_dict(yaml.safe_load((self.run_dir / CONFIG).read_text())).to_dict() != cfg.to_dict():
-                raise ValueError(
-                    f"{self.run_dir} holds a run with another config; resume it with its own config "
-                    f"('supercm train --resume {self.run_dir}') or choose another run directory"
-                )
-        split_path = self.run_dir / SPLIT if self.run_dir else None
-        if split_path is not None and split_path.exists():
-            self.split = SSLSplit.load(split_path)  # never redrawn on resume
-        elif self.uda:
-            self.split = uda_split(dataset.source.train_y, dataset.target.train_y.numel(), cfg.data.num_validation,
-                                   data.num_classes, tc.seed)
-        else:
-            self.split = stratified_split(
-                data.train_y, cfg.data.num_labeled, cfg.data.num_validation, data.num_classes, tc.seed
-            )
         dev = self.device
         self.x_train = data.train_x.to(dev)
         self.y_train = data.train_y.to(dev)
         self.x_test, self.y_test = data.test_x.to(dev), data.test_y.to(dev)
-        self.val_idx = self.split.validation.to(dev)
         aug = data.augment if cfg.data.augmentation is None else cfg.data.augmentation
         self.augment = Augment.from_dict({**(aug or {}), "draw": cfg.data.augment_draw}) if cfg.data.augment else Augment()
 
-        backbone = build_backbone(cfg.model.backbone, data.input_shape, **cfg.model.options)
+        try:
+            backbone = build_backbone(cfg.model.backbone, data.input_shape, **cfg.model.options)
+        except ValueError as exc:
+            raise ConfigError(f"model.backbone={cfg.model.backbone!r} with model.options={cfg.model.options}: {exc}") from None
         head = ClusteringModule(
             backbone.out_features,
             data.num_classes,
@@ -259,12 +396,20 @@ class Trainer:
             term.setup(self.model)
             term.to(dev)
         self.ema_model = copy.deepcopy(self.model).requires_grad_(False) if tc.ema_decay > 0 else None
+        self._dry_run(data.input_shape)
 
         self.optimizer = build_optimizer(cfg.optim, self._param_groups())
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, partial(lr_factor, cfg.optim))
-        self.labeled_sampler = BatchSampler(self.split.labeled, tc.batch_labeled, tc.seed * 1000 + 1)
-        self.unlabeled_sampler = BatchSampler(self.split.unlabeled, tc.batch_unlabeled, tc.seed * 1000 + 2)
-        self.aug_generator = torch.Generator(device=dev).manual_seed(tc.seed * 1000 + 3)
+        try:
+            if self.uda:
+                self.split = uda_split(dataset.source.train_y, dataset.target.train_y.numel(),
+                                       cfg.data.num_validation, data.num_classes, tc.seed)
+            else:
+                self.split = stratified_split(
+                    data.train_y, cfg.data.num_labeled, cfg.data.num_validation, data.num_classes, tc.seed
+                )
+        except ValueError as exc:
+            raise ConfigError(f"data.num_labeled / data.num_validation: {exc}") from None
 
         self.iteration = 0
         self.best = {"iteration": 0, "val": -1.0, "test": float("nan")}
@@ -272,13 +417,27 @@ class Trainer:
         self.oracle = {"iteration": 0, "test": -1.0}
         self.elapsed = 0.0
         self._tb = None
+        checkpoint = None
         if self.run_dir is not None:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            if split_path is not None and not split_path.exists():
-                self.split.save(split_path)
-            cfg_path = self.run_dir / CONFIG
-            if not cfg_path.exists():
-                cfg_path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+            # Everything above is checked; only now is the directory touched.
+            self._lock = self._take_run_dir()
+            try:
+                checkpoint = self._check_run_dir(_resuming)
+            except BaseException:
+                self._release()
+                raise
+        self.val_idx = self.split.validation.to(dev)
+        self.labeled_sampler = BatchSampler(self.split.labeled, tc.batch_labeled, tc.seed * 1000 + 1)
+        self.unlabeled_sampler = BatchSampler(self.split.unlabeled, tc.batch_unlabeled, tc.seed * 1000 + 2)
+        self.aug_generator = torch.Generator(device=dev).manual_seed(tc.seed * 1000 + 3)
+        if self.run_dir is not None:
+            try:
+                if checkpoint is not None:
+                    self.load_state_dict(checkpoint)
+                self._write_run_files()
+            except BaseException:
+                self._release()
+                raise
 
     @property
     def terms(self) -> list[Term]:
@@ -316,26 +475,181 @@ class Trainer:
             kw["download"] = True
         return kw
 
+    @torch.no_grad()
+    def _dry_run(self, input_shape: tuple[int, ...]) -> None:
+        """Two samples through the augmentation and the model (eval mode: no statistics move, no
+        random numbers drawn), so a backbone or augmentation that does not fit the data fails
+        here, with a message, instead of at the first step after files were written."""
+        x = self.x_train[:2]
+        asked = self.cfg.data.augmentation or {}
+        if self.cfg.data.augment and len(input_shape) != 3 and (asked.get("flip") or asked.get("crop_pad")):
+            raise ConfigError(
+                f"data.augmentation asks for flip/crop_pad, which need images, but {self.cfg.data.name!r} gives "
+                f"vectors of shape {input_shape}; remove them (noise_std works on vectors) or load images"
+            )
+        try:
+            self.augment(x, torch.Generator(device=self.device).manual_seed(0))
+        except (RuntimeError, ValueError, IndexError) as exc:
+            raise ConfigError(f"data.augmentation does not fit inputs of shape {input_shape}: {exc}") from None
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            self.model(x)
+        except (RuntimeError, ValueError) as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ConfigError(
+                f"model.backbone={self.cfg.model.backbone!r} does not fit the inputs of {self.cfg.data.name!r} "
+                f"(shape {input_shape}): {first}"
+            ) from None
+        finally:
+            self.model.train(was_training)
+
+    # ------------------------------------------------------------------ run directory
+    def _take_run_dir(self) -> _DirLock:
+        d = self.run_dir
+        if d.exists() and not d.is_dir():
+            raise RunDirError(f"run directory {d} exists and is not a directory; choose another --run-dir")
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RunDirError(f"cannot create the run directory {d}: {exc.strerror or exc}") from None
+        return _DirLock(d)
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def __del__(self) -> None:
+        try:
+            self._release()
+        except Exception:
+            pass
+
+    def _check_run_dir(self, resuming: bool) -> dict | None:
+        """Check every file in the run directory against the config before anything is written.
+
+        Sets ``self.split`` (the saved one where it belongs to this run) and returns the
+        checkpoint to load (None when there is none).
+        """
+        d = self.run_dir
+        ckpt_path, cfg_path, split_path = d / CHECKPOINT, d / CONFIG, d / SPLIT
+        has_ckpt = ckpt_path.exists()
+        if has_ckpt and not resuming:
+            raise RunDirError(
+                f"{d} already holds a run ({CHECKPOINT}); continue it with 'supercm train --resume {d}' "
+                f"(Trainer.resume in Python) or choose another run directory (nothing was overwritten)"
+            )
+        same_config = False
+        if cfg_path.exists():
+            try:
+                saved = read_run_config(d)
+            except (ConfigError, RunDirError):
+                if resuming or has_ckpt:
+                    raise
+                saved = None  # no checkpoint depends on it: the directory is reused
+            # Compared after filling defaults, so a run saved before a new config key existed
+            # (with that key's default behaviour) still resumes.
+            same_config = saved is not None and saved.to_dict() == self.cfg.to_dict()
+            if resuming and not same_config:
+                raise RunDirError(f"{d} holds a run with another config; resume it with its own config ({CONFIG})")
+        if not has_ckpt:
+            if (d / SUMMARY).exists():
+                raise RunDirError(
+                    f"{d} holds {SUMMARY} but no {CHECKPOINT} (a finished run whose checkpoint was removed); "
+                    f"choose another run directory (nothing was overwritten)"
+                )
+            if not same_config:
+                results = [n for n in (METRICS, EVALS) if _log_iterations(d / n) > 0]
+                if results:
+                    raise RunDirError(
+                        f"{d} holds results of a run with another config ({', '.join(results)}) and no checkpoint; "
+                        f"choose another run directory, or delete those files to reuse it (nothing was overwritten)"
+                    )
+        if split_path.exists() and (has_ckpt or same_config):
+            try:
+                self.split = SSLSplit.load(split_path)  # never redrawn on resume
+            except (ValueError, KeyError, TypeError) as exc:
+                raise RunDirError(str(exc)) from None
+        checkpoint = self._read_checkpoint(ckpt_path) if has_ckpt else None
+        if checkpoint is not None:
+            self._check_checkpoint_config(checkpoint)
+        return checkpoint
+
+    def _read_checkpoint(self, path: Path) -> dict:
+        """The checkpoint's state, or a :class:`RunDirError` when it is corrupt or not ours."""
+        try:
+            # On the CPU: RNG states must stay CPU byte tensors; load_state_dict moves weights and
+            # optimizer state to their own devices. weights_only: a crafted file runs no code.
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            reason = " ".join(str(exc).split())[:120] or type(exc).__name__
+            raise RunDirError(
+                f"{path} is corrupt or not a SuperCM checkpoint ({reason}); it cannot be resumed: "
+                f"start the run again in a new run directory"
+            ) from None
+        needed = ("iteration", "model", "method", "optimizer", "scheduler", "labeled_sampler", "split_sha256")
+        missing = [k for k in needed if not isinstance(state, dict) or k not in state]
+        if missing:
+            raise RunDirError(
+                f"{path} is not a SuperCM checkpoint (no {missing[0]!r}); it cannot be resumed: "
+                f"start the run again in a new run directory"
+            )
+        if not _all_finite(state["model"].values()):
+            raise RunDirError(
+                f"{path} holds non-finite weights (NaN or inf: the run diverged); it cannot be resumed: "
+                f"start again with a lower optim.lr or cm.beta in a new run directory"
+            )
+        return state
+
+    def _check_checkpoint_config(self, state: dict) -> None:
+        if "config" not in state:  # written before checkpoints recorded their config
+            return
+        try:
+            saved = from_dict(state["config"]).to_dict()
+        except ConfigError:
+            saved = state["config"]
+        diff = [k for k in _config_diff(saved, self.cfg.to_dict()) if k not in RESUMABLE_CHANGES]
+        if diff:
+            raise RunDirError(
+                f"{self.run_dir / CHECKPOINT} was written for another config than {self.run_dir / CONFIG} "
+                f"(they differ in {', '.join(diff[:5])}); restore the config.yaml this run was started with"
+            )
+
+    def _write_run_files(self) -> None:
+        """config.yaml and split.json (atomically), and logs cut back to the checkpoint's iteration."""
+        d = self.run_dir
+        text = yaml.safe_dump(self.cfg.to_dict(), sort_keys=False)
+        if not (d / CONFIG).exists() or (d / CONFIG).read_text() != text:
+            if not (d / CHECKPOINT).exists():
+                atomic_write(d / CONFIG, text)
+        split_path = d / SPLIT
+        if not split_path.exists() or self._saved_split_differs(split_path):
+            self.split.save(split_path)
+        # Lines logged after the checkpoint belong to the lost part of the run.
+        _truncate_jsonl(d / METRICS, self.iteration)
+        _truncate_jsonl(d / EVALS, self.iteration)
+
+    def _saved_split_differs(self, path: Path) -> bool:
+        try:
+            return json.loads(path.read_text()).get("sha256") != self.split.checksum()
+        except (ValueError, OSError, AttributeError):
+            return True
+
     # ------------------------------------------------------------------ resume
     @classmethod
     def resume(cls, run_dir: str | Path, *, dataset: ArrayDataset | None = None) -> "Trainer":
-        """Continue the run in ``run_dir`` from its last checkpoint (same config, same split)."""
+        """Continue the run in ``run_dir`` from its last checkpoint (same config, same split).
+
+        Checks that ``config.yaml`` is readable, that the checkpoint was written for that
+        config and split and holds finite weights; refuses with a message otherwise.
+        """
         run_dir = Path(run_dir)
-        ckpt_path = run_dir / CHECKPOINT
-        if not (run_dir / CONFIG).exists():
-            raise FileNotFoundError(f"{run_dir} is not a run directory (no {CONFIG}); start it with 'supercm train CONFIG'")
-        cfg = from_dict(yaml.safe_load((run_dir / CONFIG).read_text()))
-        trainer = cls(cfg, run_dir, dataset=dataset)
-        if ckpt_path.exists():
-            # On the CPU: RNG states must stay CPU byte tensors; load_state_dict moves weights and
-            # optimizer state to their own devices.
-            trainer.load_state_dict(torch.load(ckpt_path, map_location="cpu", weights_only=True))
-        # Lines logged after the checkpoint belong to the lost part of the run.
-        _truncate_jsonl(run_dir / METRICS, trainer.iteration)
-        _truncate_jsonl(run_dir / EVALS, trainer.iteration)
-        return trainer
+        cfg = read_run_config(run_dir)
+        return cls(cfg, run_dir, dataset=dataset, _resuming=True)
 
     def state_dict(self) -> dict:
+        cfg = self.cfg.to_dict()
         state = {
             "iteration": self.iteration,
             "model": self.model.state_dict(),
@@ -352,6 +666,8 @@ class Trainer:
             "oracle": dict(self.oracle),
             "elapsed": self.elapsed,
             "split_sha256": self.split.checksum(),
+            "config": cfg,
+            "config_sha256": hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest(),
         }
         if self.ema_model is not None:
             state["ema_model"] = self.ema_model.state_dict()
@@ -361,29 +677,75 @@ class Trainer:
 
     def load_state_dict(self, state: dict) -> None:
         if state["split_sha256"] != self.split.checksum():
-            raise ValueError("checkpoint was written for another data split; refusing to resume on a different split")
-        self.iteration = int(state["iteration"])
-        self.model.load_state_dict(state["model"])
-        self.method.load_state_dict(state["method"])
-        for r, rs in zip(self.regularisers, state.get("regularisers", [])):
-            r.load_state_dict(rs)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.labeled_sampler.load_state_dict(state["labeled_sampler"])
-        self.unlabeled_sampler.load_state_dict(state["unlabeled_sampler"])
-        self.aug_generator.set_state(state["aug_generator"])
-        torch.set_rng_state(state["torch_rng"])
-        if "cuda_rng" in state and self.device.type == "cuda":
-            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
-        if self.ema_model is not None:
-            self.ema_model.load_state_dict(state["ema_model"])
-        self.best, self.ema_best = dict(state["best"]), dict(state["ema_best"])
-        self.oracle = dict(state.get("oracle", self.oracle))
-        self.elapsed = float(state["elapsed"])
+            raise RunDirError(
+                "checkpoint was written for another data split than split.json; refusing to resume on a "
+                "different split (delete split.json alone: the run's split is redrawn from its seed)"
+            )
+        try:
+            self.iteration = int(state["iteration"])
+            self.model.load_state_dict(state["model"])
+            self.method.load_state_dict(state["method"])
+            for r, rs in zip(self.regularisers, state.get("regularisers", [])):
+                r.load_state_dict(rs)
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.labeled_sampler.load_state_dict(state["labeled_sampler"])
+            self.unlabeled_sampler.load_state_dict(state["unlabeled_sampler"])
+            self.aug_generator.set_state(state["aug_generator"])
+            torch.set_rng_state(state["torch_rng"])
+            if "cuda_rng" in state and self.device.type == "cuda":
+                torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+            if self.ema_model is not None:
+                self.ema_model.load_state_dict(state["ema_model"])
+            self.best, self.ema_best = dict(state["best"]), dict(state["ema_best"])
+            self.oracle = dict(state.get("oracle", self.oracle))
+            self.elapsed = float(state["elapsed"])
+        except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+            first = (str(exc).splitlines() or [type(exc).__name__])[0][:160]
+            raise RunDirError(f"the checkpoint does not fit this run's model or config ({first}); it cannot be resumed") from None
+        self._checkpoint_iteration = self.iteration
 
     def save_checkpoint(self) -> None:
+        """Write the checkpoint atomically, only when every weight and buffer is finite."""
         if self.run_dir is not None:
+            self._check_state_finite()
             _atomic_save(self.state_dict(), self.run_dir / CHECKPOINT)
+            self._checkpoint_iteration = self.iteration
+
+    # ------------------------------------------------------------------ divergence
+    def _usable_checkpoint(self) -> str:
+        """What is left to use after a divergence, truthfully."""
+        if self.run_dir is None:
+            return "nothing was saved (no run directory)"
+        if self._checkpoint_iteration is None:
+            return f"no checkpoint was written before it (nothing in {self.run_dir} holds trained weights)"
+        return (f"{self.run_dir / CHECKPOINT} from iteration {self._checkpoint_iteration} is intact and holds "
+                f"finite weights (it was not overwritten)")
+
+    def _check_finite(self, loss: Tensor) -> None:
+        """The divergence guard on the loss, called by :meth:`train_step` before the update."""
+        if not torch.isfinite(loss.detach()):
+            raise FloatingPointError(
+                f"loss became {loss.item()} at iteration {self.iteration}; lower optim.lr or cm.beta; "
+                f"{self._usable_checkpoint()}"
+            )
+
+    def _check_state_finite(self) -> None:
+        """The divergence guard on the state: weights, BatchNorm statistics, the method's and EMA models'.
+
+        The loss can stay finite while BatchNorm running statistics overflow (they are only
+        used in eval mode), so the state itself is checked before every evaluation and checkpoint.
+        """
+        tensors = list(self.model.state_dict().values()) + [v for t in self.terms for v in t.state_dict().values()]
+        if self.ema_model is not None:
+            tensors += list(self.ema_model.state_dict().values())
+        if not _all_finite(tensors):
+            bad = next(n for n, t in self.model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()) \
+                if not _all_finite(self.model.state_dict().values()) else "the method's or EMA model's state"
+            raise FloatingPointError(
+                f"the model diverged by iteration {self.iteration}: {bad} holds NaN or inf (the loss can stay finite "
+                f"while BatchNorm statistics overflow); lower optim.lr or cm.beta; {self._usable_checkpoint()}"
+            )
 
     # ------------------------------------------------------------------ training
     def _aug(self, x: Tensor) -> Tensor:
@@ -423,11 +785,7 @@ class Trainer:
             logs[key] = term_loss.detach()
             if log_terms:
                 logs.update(term.log_terms(batch))
-        if not torch.isfinite(loss.detach()):
-            raise FloatingPointError(
-                f"loss became {loss.item()} at iteration {self.iteration}; lower optim.lr or cm.beta "
-                f"(the last checkpoint, if any, is intact)"
-            )
+        self._check_finite(loss)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -472,6 +830,15 @@ class Trainer:
         return rec
 
     def fit(self) -> RunResult:
+        """Train to ``train.iterations``; the run directory stays locked until it returns."""
+        if self.run_dir is not None and self._lock is None:  # fit() called again: lock the directory again
+            self._lock = self._take_run_dir()
+        try:
+            return self._fit()
+        finally:
+            self._release()
+
+    def _fit(self) -> RunResult:
         tc = self.cfg.train
         metrics_f = evals_f = None
         if self.run_dir is not None:
@@ -494,16 +861,17 @@ class Trainer:
                 if logging:
                     scalars = {k: float(v) for k, v in logs.items()}
                     if metrics_f is not None:
-                        metrics_f.write(json.dumps({"iteration": it, **scalars}) + "\n")
+                        metrics_f.write(json.dumps(_jsonable({"iteration": it, **scalars})) + "\n")
                     if self._tb is not None:
                         for k, v in scalars.items():
                             self._tb.add_scalar(f"train/{k}", v, it)
                     if bar is not None:
                         bar.set_postfix(loss=f"{scalars['loss']:.3f}", ce=f"{scalars['ce']:.3f}", refresh=False)
                 if it % tc.eval_every == 0 or it == tc.iterations:
+                    self._check_state_finite()  # a model with NaN statistics scores chance: stop instead
                     rec = self.evaluate_now(final=it == tc.iterations)
                     if evals_f is not None:
-                        evals_f.write(json.dumps(rec) + "\n")
+                        evals_f.write(json.dumps(_jsonable(rec)) + "\n")
                         evals_f.flush()
                         metrics_f.flush()
                     if self._tb is not None:
@@ -531,11 +899,13 @@ class Trainer:
             rec = self.evaluate_now(final=True)
         result = RunResult(
             best_iteration=self.best["iteration"],
-            best_val_accuracy=self.best["val"],
+            # -1 is "never improved": no validation split (num_validation=0); reported as null.
+            best_val_accuracy=self.best["val"] if self.best["val"] >= 0 else float("nan"),
             test_accuracy_at_best_val=self.best["test"],
             final_val_accuracy=rec["val"],
             final_test_accuracy=rec["test"],
-            ema_best_val_accuracy=self.ema_best["val"] if self.ema_model is not None else None,
+            ema_best_val_accuracy=(self.ema_best["val"] if self.ema_best["val"] >= 0 else float("nan"))
+            if self.ema_model is not None else None,
             ema_test_accuracy_at_best_val=self.ema_best["test"] if self.ema_model is not None else None,
             seconds=self.elapsed,
             iterations=self.iteration,
@@ -543,9 +913,7 @@ class Trainer:
             oracle_iteration=self.oracle["iteration"] if self.uda else None,
         )
         if self.run_dir is not None:
-            tmp = self.run_dir / (SUMMARY + ".tmp")
-            tmp.write_text(json.dumps(result.to_dict(), indent=2))
-            os.replace(tmp, self.run_dir / SUMMARY)
+            atomic_write(self.run_dir / SUMMARY, json.dumps(result.to_dict(), indent=2, allow_nan=False))
         return result
 
 

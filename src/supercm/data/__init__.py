@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Callable
 
 from ..registry import Registry
-from .base import ArrayDataset, DatasetMissingError, default_data_root
+from .base import ArrayDataset, DatasetCorruptError, DatasetMissingError, default_data_root
 from .digits import load_digits
 from .domains import DOMAIN_PAIRS, UNLABELED, DomainPair, joined_training_set, load_domain_pair, load_uda, load_mnistm_style, load_optdigits, load_synth_digits
 from .offline import FETCHABLE, fetch, load_fashion_mnist, load_mnist10k
@@ -36,6 +36,7 @@ __all__ = [
     "ArrayDataset",
     "DATASETS",
     "DOMAIN_PAIRS",
+    "DatasetCorruptError",
     "DatasetMissingError",
     "DomainPair",
     "FETCHABLE",

@@ -12,6 +12,10 @@ class DatasetMissingError(FileNotFoundError):
     """A dataset's files are not under the data root; the message names the command that fetches them."""
 
 
+class DatasetCorruptError(ValueError):
+    """A cached dataset file is unreadable or altered; the message names the file and the repair command."""
+
+
 @dataclass
 class ArrayDataset:
     """A labelled train split and a test split held as tensors, already preprocessed.

@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .base import ArrayDataset, DatasetMissingError, default_data_root
+from .base import ArrayDataset, DatasetCorruptError, DatasetMissingError, default_data_root
 from .torchvision_sets import MNIST_AUGMENT, gray_to_rgb, to_unit_range
 
 #: Datasets generated from registry packages by :mod:`supercm.data.domains` (cached as ``NAME/NAME.npz``).
@@ -201,9 +201,13 @@ def _run(cmd: list[str], cwd: Path, what: str) -> str:
 
 
 def _atomic_write(path: Path, payload: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(payload)
-    tmp.replace(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+    try:
+        tmp.write_bytes(payload)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _fetch_mnist10k(dest: Path, tmp: Path) -> None:
@@ -273,12 +277,14 @@ def fetch(
     decoded arrays are checked against :data:`EXPECTED_SHA256` before anything is
     written, and each file is written atomically. Returns the dataset folder.
     Raises :class:`FetchError` when a tool (``npm``, ``apt-get``, ``dpkg-deb``) is
-    missing or fails. The names in :data:`GENERATED` are built from their inputs by
-    :mod:`supercm.data.domains` (``allow_mismatch`` is explained there).
+    missing or fails, and :class:`DatasetCorruptError` when the cache is there but does not
+    match the recorded digests (``force=True`` repairs it). The names in :data:`GENERATED` are
+    built from their inputs by :mod:`supercm.data.domains` (``allow_mismatch`` is explained there).
     """
     _check_name(name)
     dest = _resolve_root(root) / name
     if not force and is_fetched(name, dest.parent):
+        read_cache(name, dest.parent)  # a cache that is there must also be right
         return dest
     dest.mkdir(parents=True, exist_ok=True)
     if name in GENERATED:
@@ -306,6 +312,47 @@ def _require(name: str, root: Path) -> Path:
     return folder
 
 
+def _repair_hint(name: str, root: Path) -> str:
+    return f"repair the cache with: supercm fetch-data {name} --root {shlex.quote(str(root))} --force"
+
+
+def read_cache(name: str, root: str | os.PathLike | None = None) -> dict[str, np.ndarray]:
+    """The cached arrays of ``name``, checked against :data:`EXPECTED_SHA256`.
+
+    A missing cache raises :class:`DatasetMissingError`; an unreadable or altered file raises
+    :class:`DatasetCorruptError` naming the file and the command that repairs it.
+    """
+    root = _resolve_root(root)
+    folder = _require(name, root)
+    if name == "mnist10k":
+        path = folder / _MNIST10K_FILE
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                arrays = {"images": npz["images"], "labels": npz["labels"]}
+        except Exception as exc:  # BadZipFile, a pickled object, a missing key, a truncated member...
+            raise DatasetCorruptError(f"{path} is corrupt ({_reason(exc)}); {_repair_hint(name, root)}") from None
+        files = {"images": path, "labels": path}
+    else:
+        arrays, files = {}, {}
+        for key, fname in FASHION_FILES.items():
+            files[key] = folder / fname
+            try:
+                arrays[key] = read_idx(folder / fname)
+            except Exception as exc:  # a bad gzip stream, a bad idx header, a truncated payload...
+                raise DatasetCorruptError(f"{folder / fname} is corrupt ({_reason(exc)}); {_repair_hint(name, root)}") from None
+    for key, array in arrays.items():
+        if _sha256(array) != EXPECTED_SHA256[name][key]:
+            raise DatasetCorruptError(
+                f"{files[key]} does not match its recorded SHA-256 digest ({key}); {_repair_hint(name, root)}"
+            )
+    return arrays
+
+
+def _reason(exc: Exception) -> str:
+    text = " ".join(str(exc).split())[:100]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 def stratified_test_mask(labels: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:
     """Boolean mask picking ``round(fraction · n_c)`` random samples of every class ``c`` (seeded)."""
     g = torch.Generator().manual_seed(seed)
@@ -329,10 +376,8 @@ def load_mnist10k(root: str | os.PathLike | None = None) -> ArrayDataset:
     :data:`MNIST10K_TEST_SEED` — the same 2,000 images on every machine and run.
     (These images are a subset of MNIST's training set: never test an MNIST model on them.)
     """
-    root = _resolve_root(root)
-    folder = _require("mnist10k", root)
-    with np.load(folder / _MNIST10K_FILE) as npz:
-        images, labels = npz["images"], npz["labels"]
+    arrays = read_cache("mnist10k", root)
+    images, labels = arrays["images"], arrays["labels"]
     x = _images_to_tensor(images)
     y = torch.from_numpy(labels.astype(np.int64))
     test = stratified_test_mask(y, MNIST10K_TEST_FRACTION, MNIST10K_TEST_SEED)
@@ -341,8 +386,7 @@ def load_mnist10k(root: str | os.PathLike | None = None) -> ArrayDataset:
 
 def load_fashion_mnist(root: str | os.PathLike | None = None) -> ArrayDataset:
     """Fashion-MNIST, 60,000 train / 10,000 test (the official split), (N, 3, 28, 28) float32 in [−1, 1]."""
-    root = _resolve_root(root)
-    arrays = _fashion_arrays(_require("fashion_mnist", root))
+    arrays = read_cache("fashion_mnist", root)
     return ArrayDataset(
         "fashion_mnist",
         _images_to_tensor(arrays["train_images"]),

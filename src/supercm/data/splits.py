@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,16 +34,27 @@ class SSLSplit:
     def save(self, path: str | Path) -> None:
         data = {k: getattr(self, k).tolist() for k in ("labeled", "unlabeled", "validation")}
         data["sha256"] = self.checksum()
-        tmp = Path(path).with_suffix(".tmp")
-        tmp.write_text(json.dumps(data))
-        tmp.replace(path)
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+        try:
+            tmp.write_text(json.dumps(data))
+            tmp.replace(path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
     @classmethod
     def load(cls, path: str | Path) -> "SSLSplit":
-        data = json.loads(Path(path).read_text())
-        split = cls(*(torch.tensor(data[k], dtype=torch.long) for k in ("labeled", "unlabeled", "validation")))
+        # Deleting split.json alone is safe: the split is a function of the config's seed and sizes,
+        # it is redrawn identically, and a checkpoint refuses any other split.
+        fix = f"delete {path} alone to redraw it from the config's seed (keep the rest of the run directory)"
+        try:
+            data = json.loads(Path(path).read_text())
+            split = cls(*(torch.tensor(data[k], dtype=torch.long) for k in ("labeled", "unlabeled", "validation")))
+        except (ValueError, KeyError, TypeError, RuntimeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"split file {path} is corrupt ({type(exc).__name__}); {fix}") from None
         if split.checksum() != data.get("sha256"):
-            raise ValueError(f"split file {path} is corrupt (checksum mismatch); delete the run directory to redraw")
+            raise ValueError(f"split file {path} is corrupt (checksum mismatch); {fix}")
         return split
 
 

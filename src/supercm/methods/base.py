@@ -10,7 +10,6 @@ discriminator), which the trainer optimises. The trainer knows no term by name.
 
 from __future__ import annotations
 
-import dataclasses
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Iterator
@@ -97,8 +96,13 @@ class Term(nn.Module):
     """Base class of a loss term. Subclasses set ``Options`` (a dataclass of hyperparameters).
 
     ``needs_unlabeled``: the term is skipped on a step whose unlabeled batch is empty.
-    ``log_key``: the name its loss is logged under (default: its registered name; a base
-    method logs as ``base``).
+
+    Options are checked from the dataclass alone, so a new option is checked without more code:
+    its name, its type (from the annotation; ints are accepted for floats, floats must be
+    finite), and, when the field says so, its range and choices, e.g.
+    ``threshold: float = field(default=0.95, metadata={"range": "[0, 1]"})`` or
+    ``variant: str = field(default="a", metadata={"choices": ("a", "b")})``. An ``Options``
+    may add a ``validate(self)`` method for checks across fields (raise ``ValueError``).
     """
 
     name: ClassVar[str] = ""
@@ -110,12 +114,23 @@ class Term(nn.Module):
 
     def __init__(self, **options) -> None:
         super().__init__()
-        fields = {f.name for f in dataclasses.fields(self.Options)}
-        unknown = sorted(set(options) - fields)
-        if unknown:
-            allowed = ", ".join(sorted(fields)) or "none"
-            raise ValueError(f"unknown option {unknown[0]!r} for method {self.name!r} (method.options.*); allowed: {allowed}")
-        self.options = self.Options(**options)
+        self.options = self.check_options(options)
+
+    @classmethod
+    def check_options(cls, options: dict | None) -> "SSLMethod.Options":
+        """``Options`` built from ``options``; a :class:`~supercm.config.ConfigError` (a ValueError)
+        naming ``method.options.<name>`` when a name, type or range is wrong."""
+        from ..config import ConfigError, check_options, dataclass_specs
+
+        owner = f"method {cls.name!r}"
+        checked = check_options(options, dataclass_specs(cls.Options), "method.options", owner)
+        opts = cls.Options(**checked)
+        if hasattr(opts, "validate"):
+            try:
+                opts.validate()
+            except ValueError as exc:
+                raise ConfigError(f"method.options for {owner}: {exc}") from None
+        return opts
 
     def setup(self, model: nn.Module) -> None:
         """Called once with the model before training (e.g. to build a teacher)."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from torch import Tensor
 
@@ -18,13 +18,7 @@ class BNM(Term):
 
     @dataclass
     class Options:
-        normalisation: str = "mean"
-
-        def __post_init__(self) -> None:
-            if self.normalisation not in BNM_NORMALISATIONS:
-                raise ValueError(
-                    f"method.options.normalisation must be one of {', '.join(BNM_NORMALISATIONS)}, got {self.normalisation!r}"
-                )
+        normalisation: str = field(default="mean", metadata={"choices": BNM_NORMALISATIONS})
 
     def loss(self, batch: Batch) -> Tensor:
         return bnm_loss(batch.logits_unlabeled, self.options.normalisation)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from torch import Tensor, nn
 
@@ -24,14 +24,8 @@ class DANN(Term):
 
     @dataclass
     class Options:
-        hidden: int = 1024
-        lambda_scale: float = 1000.0
-
-        def __post_init__(self) -> None:
-            if self.hidden < 1:
-                raise ValueError(f"method.options.hidden must be ≥ 1, got {self.hidden}")
-            if not self.lambda_scale > 0:
-                raise ValueError(f"method.options.lambda_scale must be > 0, got {self.lambda_scale}")
+        hidden: int = field(default=1024, metadata={"range": "[1, inf)"})
+        lambda_scale: float = field(default=1000.0, metadata={"range": "(0, inf)"})
 
     def setup(self, model: nn.Module) -> None:
         self.discriminator = DomainDiscriminator(model.head.in_features, self.options.hidden)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from torch import Tensor
 
@@ -18,11 +18,7 @@ class MCC(Term):
 
     @dataclass
     class Options:
-        temperature: float = 2.5
-
-        def __post_init__(self) -> None:
-            if not self.temperature > 0:
-                raise ValueError(f"method.options.temperature must be > 0, got {self.temperature}")
+        temperature: float = field(default=2.5, metadata={"range": "(0, inf)"})
 
     def loss(self, batch: Batch) -> Tensor:
         return mcc_loss(batch.logits_unlabeled, self.options.temperature)

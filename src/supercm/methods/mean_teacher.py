@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +23,7 @@ class MeanTeacher(Term):
 
     @dataclass
     class Options:
-        decay: float = 0.95
+        decay: float = field(default=0.95, metadata={"range": "[0, 1)"})
 
     def setup(self, model: nn.Module) -> None:
         self.teacher = copy.deepcopy(model)

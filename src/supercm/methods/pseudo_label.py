@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -30,12 +30,9 @@ class PseudoLabel(Term):
 
     @dataclass
     class Options:
-        threshold: float = 0.95
-        variant: str = "authors"
+        threshold: float = field(default=0.95, metadata={"range": "[0, 1]"})
+        variant: str = field(default="authors", metadata={"choices": VARIANTS})
 
-        def __post_init__(self) -> None:
-            if self.variant not in VARIANTS:
-                raise ValueError(f"method.options.variant must be one of {', '.join(VARIANTS)}, got {self.variant!r}")
 
     #: Weight of a confident sample's one-hot target in the authors' form.
     CONFIDENT_WEIGHT = 10.0

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -34,11 +34,7 @@ class SuperCM(Term):
 
     @dataclass
     class Options:
-        features: str = "reuse"
-
-        def __post_init__(self) -> None:
-            if self.features not in FEATURE_MODES:
-                raise ValueError(f"cm.features must be one of {', '.join(FEATURE_MODES)}, got {self.features!r}")
+        features: str = field(default="reuse", metadata={"choices": FEATURE_MODES})
 
     def before_forward(self, batch: Batch) -> None:
         if self.options.features == "eval_pass":

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -62,14 +62,11 @@ class VAT(Term):
 
     @dataclass
     class Options:
-        xi: float = 1e-3
-        epsilon: float = 6.0
-        power_iterations: int = 1
-        variant: str = "authors"
+        xi: float = field(default=1e-3, metadata={"range": "(0, inf)"})
+        epsilon: float = field(default=6.0, metadata={"range": "(0, inf)"})
+        power_iterations: int = field(default=1, metadata={"range": "[1, inf)"})
+        variant: str = field(default="authors", metadata={"choices": VARIANTS})
 
-        def __post_init__(self) -> None:
-            if self.variant not in VARIANTS:
-                raise ValueError(f"method.options.variant must be one of {', '.join(VARIANTS)}, got {self.variant!r}")
 
     #: The last adversarial direction (joined batch, labeled rows zero), for diagnostics and tests.
     last_direction: Tensor | None = None

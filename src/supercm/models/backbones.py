@@ -13,6 +13,9 @@ from ..registry import Registry
 class MLP(nn.Module):
     """Fully connected backbone for vector data: [Linear → BatchNorm → LeakyReLU] × depth."""
 
+    #: Checked by the config (``model.options``) before anything runs.
+    option_ranges = {"width": "[1, inf)", "depth": "[1, inf)", "dropout": "[0, 1)"}
+
     def __init__(self, input_shape: tuple[int, ...], width: int = 128, depth: int = 2, dropout: float = 0.0):
         super().__init__()
         layers: list[nn.Module] = [nn.Flatten()]
@@ -37,6 +40,9 @@ class SmallCNN(nn.Module):
     costs about 2 M multiply-adds per 28×28 image (the CPU-scale configs);
     ``width=32, convs_per_block=2`` about 30 M.
     """
+
+    #: Checked by the config (``model.options``) before anything runs.
+    option_ranges = {"width": "[1, inf)", "convs_per_block": "[1, inf)", "dropout": "[0, 1)"}
 
     def __init__(
         self, input_shape: tuple[int, ...], width: int = 32, convs_per_block: int = 2, dropout: float = 0.0
