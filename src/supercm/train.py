@@ -20,7 +20,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -36,6 +36,7 @@ from .methods import StepInputs, build_method
 from .models import CMClassifier, build_backbone
 
 CHECKPOINT = "checkpoint.pt"
+BEST_MODEL = "best_model.pt"  # weights of the best-validation model: what the run reports
 SPLIT = "split.json"
 CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
@@ -396,9 +397,22 @@ class Trainer:
             rec[prefix + "val"], rec[prefix + "test"] = val, test
             if improved:
                 best.update(iteration=self.iteration, val=val, test=test)
+                if not prefix:
+                    self._save_best_model(val)
         return rec
 
-    def fit(self) -> RunResult:
+    def _save_best_model(self, val: float) -> None:
+        """Keep the selected (best-validation) model's weights beside the last checkpoint, so
+        analyses (``supercm pad``, ``supercm plot``) look at the model whose accuracy is reported.
+        Read it with ``torch.load(path, weights_only=True)``."""
+        if self.run_dir is not None:
+            state = {"iteration": self.iteration, "val": val, "model": self.model.state_dict()}
+            _atomic_save(state, self.run_dir / BEST_MODEL)
+
+    def fit(self, on_evaluate: Callable[[dict], None] | None = None) -> RunResult:
+        """Train to ``train.iterations``. ``on_evaluate(record)`` is called after every evaluation
+        with the record written to eval.jsonl (e.g. to report it to a tuner, which may stop the run
+        by raising; the files are closed and the last checkpoint stays intact)."""
         tc = self.cfg.train
         metrics_f = evals_f = None
         if self.run_dir is not None:
@@ -439,6 +453,8 @@ class Trainer:
                                 self._tb.add_scalar(f"eval/{k}", v, it)
                     if bar is not None:
                         bar.set_postfix(val=f"{rec['val']:.3f}", best=f"{self.best['val']:.3f}", refresh=False)
+                    if on_evaluate is not None:
+                        on_evaluate(rec)
                 if bar is not None:
                     bar.update(1)
                 self.elapsed = time.perf_counter() - start
