@@ -1,4 +1,5 @@
-"""The ``supercm`` command line: ``demo``, ``train``, ``fetch-data``."""
+"""The ``supercm`` command line: ``demo``, ``train``, ``fetch-data``, and the analyses ``pad``, ``plot``,
+``compare`` and ``tune``."""
 
 from __future__ import annotations
 
@@ -62,6 +63,33 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_pad(args: argparse.Namespace) -> int:
+    from .analysis import proxy_a_distance
+    from .analysis.runs import extract_features, load_run, run_domains
+
+    results = {}
+    for role, run_dir in (("run", args.run_dir), ("reference", args.reference)):
+        if run_dir is None:
+            continue
+        run = load_run(run_dir, data_root=args.data_root)
+        domains = run_domains(run, args.target, data_root=args.data_root, resize=args.resize)
+        fs = extract_features(run.model, domains.source, layer=args.layer)
+        ft = extract_features(run.model, domains.target, layer=args.layer)
+        r = proxy_a_distance(fs, ft, repeats=args.repeats, seed=args.seed)
+        results[role] = {
+            "run_dir": str(run_dir), "weights": run.checkpoint, "iteration": run.iteration, "layer": args.layer,
+            "source": domains.source_name, "target": domains.target_name, "pad_mean": r.mean, "pad_std": r.std,
+            "pad_values": list(r.values), "n_per_domain": r.n_per_domain,
+        }
+        print(f"{role}: {run_dir} ({run.checkpoint}, iteration {run.iteration}), layer {args.layer}: "
+              f"PAD({domains.source_name} | {domains.target_name}) = {r}")
+    if "reference" in results:
+        print(f"PAD difference (run − reference): {results['run']['pad_mean'] - results['reference']['pad_mean']:+.3f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="supercm", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -84,6 +112,19 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("name", help="mnist10k, fashion_mnist or all")
     f.add_argument("--root", help="data root (default $SUPERCM_DATA or ~/.cache/supercm/data)")
     f.set_defaults(func=_cmd_fetch)
+
+    pa = sub.add_parser("pad", help="proxy A-distance of a run's features (lower = domains better aligned)")
+    pa.add_argument("run_dir", help="a run directory (its best-validation weights are used)")
+    pa.add_argument("--reference", metavar="RUN_DIR", help="a second run (e.g. the source-only/CE run) measured alike")
+    pa.add_argument("--layer", choices=("features", "logits"), default="features", help="backbone features (default) or logits")
+    pa.add_argument("--target", metavar="DATASET",
+                    help="target domain: another dataset (vs the run's test set); default: the run's train vs test set")
+    pa.add_argument("--resize", action="store_true", help="bring target images to the run's input shape")
+    pa.add_argument("--data-root", help="data root (default: the run's data.root)")
+    pa.add_argument("--repeats", type=int, default=5, help="subsample/split repeats (default 5)")
+    pa.add_argument("--seed", type=int, default=0)
+    pa.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    pa.set_defaults(func=_cmd_pad)
     return p
 
 
@@ -94,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, DatasetMissingError, FileNotFoundError, ValueError) as exc:
+    except (ConfigError, DatasetMissingError, FileNotFoundError, ValueError, NotImplementedError) as exc:
         print(f"supercm: error: {exc}", file=sys.stderr)
         return 2
 
