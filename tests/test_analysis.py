@@ -104,3 +104,73 @@ def test_best_model_holds_the_best_validation_weights(runs):
     summary = json.loads((runs["cm"] / "summary.json").read_text())
     state = torch.load(runs["cm"] / "best_model.pt", weights_only=True)
     assert state["iteration"] == summary["best_iteration"] and state["val"] == summary["best_val_accuracy"]
+
+
+# ----------------------------------------------------------------------------- compare
+def _fake_run(path: Path, seed: int, beta: float, test: float, val: float, device: str = "cpu") -> Path:
+    """A finished run directory written by hand: config.yaml and summary.json."""
+    import yaml
+
+    from supercm.config import load_config
+
+    cfg = load_config(None, [f"cm.beta={beta}", f"train.seed={seed}", f"train.device={device}"])
+    path.mkdir(parents=True)
+    (path / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
+    (path / "summary.json").write_text(json.dumps(
+        {"best_iteration": 100, "best_val_accuracy": val, "test_accuracy_at_best_val": test, "final_val_accuracy": val,
+         "final_test_accuracy": test - 0.01, "seconds": 1.0, "iterations": 1000}))
+    return path
+
+
+def test_compare_groups_by_config_and_matches_scipy(tmp_path, capsys):
+    """Groups ignore seed and device; mean and sample std as numpy's; the paired p-value is
+    scipy's ttest_rel on the seeds both groups hold (seed 3 has no partner and is left out)."""
+    from scipy import stats
+
+    base = {0: 0.80, 1: 0.82, 2: 0.78, 3: 0.90}
+    treat = {0: 0.85, 1: 0.88, 2: 0.80}
+    dirs = [_fake_run(tmp_path / f"ce{s}", s, 0.0, t, 0.5, device="cpu" if s % 2 else "cuda") for s, t in base.items()]
+    dirs += [_fake_run(tmp_path / f"cm{s}", s, 1.0, t, 0.6) for s, t in treat.items()]
+    md_path, csv_path = tmp_path / "r.md", tmp_path / "r.csv"
+    args = ["compare", *map(str, dirs), "--baseline", "cm.beta=0.0", "--treatment", "cm.beta=1.0",
+            "--markdown", str(md_path), "--csv", str(csv_path)]
+    assert main(args) == 0
+    assert capsys.readouterr().out == md_path.read_text()
+    import csv
+
+    rows = {(r["group"], r["metric"]): r for r in csv.DictReader(csv_path.open())}
+    b = rows[("cm.beta=0.0", "test_accuracy_at_best_val")]
+    assert int(b["n"]) == 4
+    assert float(b["mean"]) == pytest.approx(np.mean(list(base.values())))
+    assert float(b["std"]) == pytest.approx(np.std(list(base.values()), ddof=1))
+    assert float(b["ci_low"]) <= float(b["mean"]) <= float(b["ci_high"])
+    t = rows[("cm.beta=1.0", "test_accuracy_at_best_val")]
+    want = stats.ttest_rel([treat[s] for s in (0, 1, 2)], [base[s] for s in (0, 1, 2)]).pvalue
+    assert float(t["p_value"]) == pytest.approx(want)
+    assert float(t["paired_gain"]) == pytest.approx(np.mean([0.05, 0.06, 0.02]))
+    assert t["wins"] == "3"
+    assert "80.00 ± 2.00" not in md_path.read_text()  # 4 seeds: (0.80, 0.82, 0.78, 0.90)
+    assert f"{100 * np.mean(list(base.values())):.2f} ± {100 * np.std(list(base.values()), ddof=1):.2f}" in md_path.read_text()
+
+
+def test_compare_bootstrap_is_seeded_and_errors_are_one_line(tmp_path, capsys):
+    from supercm.analysis.compare import bootstrap_ci
+
+    v = list(np.random.default_rng(0).uniform(size=10))
+    assert bootstrap_ci(v, seed=1, resamples=500) == bootstrap_ci(v, seed=1, resamples=500) != bootstrap_ci(v, seed=2, resamples=500)
+    lo, hi = bootstrap_ci(v)
+    assert min(v) <= lo < np.mean(v) < hi <= max(v)
+    d = _fake_run(tmp_path / "a", 0, 0.0, 0.8, 0.5)
+    assert main(["compare", str(d), "--baseline", "x", "--treatment", "y"]) == 2
+    assert "no group named 'x'" in capsys.readouterr().err
+    assert main(["compare", str(tmp_path / "missing")]) == 2
+
+
+def test_compare_reads_a_results_file_like_the_ssl_benchmark(tmp_path, capsys):
+    rows = [{"dataset": "d", "method": "vat", "cm": cm, "seed": s, "test_accuracy_at_best_val": t, "best_val_accuracy": 0.5}
+            for cm, ts in ((False, [0.80, 0.82, 0.78]), (True, [0.90, 0.91, 0.90])) for s, t in enumerate(ts)]
+    f = tmp_path / "r.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["compare", "--results", str(f), "--baseline", "cm=False", "--treatment", "cm=True"]) == 0
+    out = capsys.readouterr().out
+    assert "| cm=False | 3 | 80.00 ± 2.00 |" in out and "| 90.33 ± 0.58 |" in out and "+10.33" in out

@@ -90,6 +90,23 @@ def _cmd_pad(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from .analysis.compare import compare, results_records, run_record
+
+    records = [run_record(d) for d in args.run_dirs]
+    if args.results:
+        group_by = [k.strip() for k in args.group_by.split(",")] if args.group_by else None
+        records += results_records(args.results, group_by)
+    report = compare(records, baseline=args.baseline, treatment=args.treatment, confidence=args.confidence, seed=args.seed)
+    md = report.markdown()
+    print(md, end="")
+    if args.markdown:
+        Path(args.markdown).write_text(md)
+    if args.csv:
+        Path(args.csv).write_text(report.csv())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="supercm", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -125,6 +142,18 @@ def build_parser() -> argparse.ArgumentParser:
     pa.add_argument("--seed", type=int, default=0)
     pa.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     pa.set_defaults(func=_cmd_pad)
+
+    c = sub.add_parser("compare", help="mean ± std, bootstrap CIs and paired tests over seeds, by configuration")
+    c.add_argument("run_dirs", nargs="*", help="finished run directories (grouped by config.yaml without the seed)")
+    c.add_argument("--results", metavar="FILE", help="a JSON-lines results file (one run per line, with a 'seed')")
+    c.add_argument("--group-by", metavar="KEYS", help="comma-separated fields that group the results file's rows")
+    c.add_argument("--baseline", metavar="NAME", help="group name of the baseline (as printed in the table)")
+    c.add_argument("--treatment", metavar="NAME", help="group name compared with the baseline, paired by seed")
+    c.add_argument("--confidence", type=float, default=0.95, help="bootstrap confidence level (default 0.95)")
+    c.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resampling")
+    c.add_argument("--markdown", metavar="FILE", help="also write the Markdown report here")
+    c.add_argument("--csv", metavar="FILE", help="also write the numbers as CSV here")
+    c.set_defaults(func=_cmd_compare)
     return p
 
 
