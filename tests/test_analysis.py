@@ -174,3 +174,82 @@ def test_compare_reads_a_results_file_like_the_ssl_benchmark(tmp_path, capsys):
     assert main(["compare", "--results", str(f), "--baseline", "cm=False", "--treatment", "cm=True"]) == 0
     out = capsys.readouterr().out
     assert "| cm=False | 3 | 80.00 ± 2.00 |" in out and "| 90.33 ± 0.58 |" in out and "+10.33" in out
+
+
+# ----------------------------------------------------------------------------- tune
+TUNE = ["train.iterations=30", "train.eval_every=10", "train.tensorboard=false"]
+
+
+def _poison_test_accuracy(monkeypatch):
+    """Make every test-set accuracy −1 (digits' test split has 599 samples, validation 200):
+    if it reached the objective, a trial's value or a reported intermediate value would be −1."""
+    import supercm.train as train
+
+    real = train.evaluate
+
+    def evaluate(model, x, y, batch_size=1000):
+        return -1.0 if y.numel() == 599 else real(model, x, y, batch_size)
+
+    monkeypatch.setattr(train, "evaluate", evaluate)
+
+
+def test_tune_objective_is_the_best_validation_accuracy(tmp_path, monkeypatch):
+    pytest.importorskip("optuna")
+    import yaml
+
+    from supercm.analysis.tune import tune
+
+    _poison_test_accuracy(monkeypatch)
+    r = tune(ROOT / "configs" / "digits.yaml", 2, tmp_path, overrides=TUNE, log=lambda m: None)
+    assert r.finished_trials == 2 and (tmp_path / "study.db").is_file()
+    for t in r.study.trials:
+        run = Path(t.user_attrs["run_dir"])
+        summary = json.loads((run / "summary.json").read_text())
+        assert t.value == summary["best_val_accuracy"] > 0
+        evals = [json.loads(line) for line in (run / "eval.jsonl").read_text().splitlines()]
+        assert t.intermediate_values == {e["iteration"]: e["val"] for e in evals}
+        assert t.user_attrs["test_accuracy_at_best_val"] == -1.0  # recorded, never optimised
+    assert set(r.best_params) == {"cm.beta"}  # supervised: no unlabeled loss, so no δ
+    best = yaml.safe_load(r.config_path.read_text())
+    assert best["cm"]["beta"] == pytest.approx(r.best_params["cm.beta"])
+
+
+def test_tune_resumes_an_interrupted_study_from_sqlite(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("optuna")
+    import optuna
+
+    import supercm.train as train
+
+    real_fit, calls = train.Trainer.fit, []
+
+    def fit(self, on_evaluate=None):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the machine goes away during the second trial
+        return real_fit(self, on_evaluate)
+
+    monkeypatch.setattr(train.Trainer, "fit", fit)
+    args = ["tune", str(ROOT / "configs" / "digits.yaml"), *TUNE, "--trials", "3", "--out", str(tmp_path)]
+    with pytest.raises(KeyboardInterrupt):
+        main(args)
+    storage = f"sqlite:///{tmp_path.resolve() / 'study.db'}"
+    assert len(optuna.load_study(study_name="supercm", storage=storage).trials) == 2  # one done, one cut
+    assert main(args) == 0  # the same command again: only the missing trials
+    study = optuna.load_study(study_name="supercm", storage=storage)
+    states = [t.state for t in study.trials]
+    assert [t.number for t in study.trials] == [0, 1, 2, 3]
+    assert states.count(optuna.trial.TrialState.COMPLETE) + states.count(optuna.trial.TrialState.PRUNED) == 3
+    assert "validation accuracy" in capsys.readouterr().out and (tmp_path / "best.yaml").is_file()
+
+
+def test_tune_params_parse_and_default_to_beta_and_delta():
+    from supercm.analysis.tune import Param, default_space, parse_param
+    from supercm.config import ConfigError, load_config
+
+    assert parse_param("cm.beta=log:0.01:10") == Param("cm.beta", "log", 0.01, 10.0)
+    assert parse_param("cm.centroids=choice:paper,mean").choices == ("paper", "mean")
+    for bad in ("cm.beta", "cm.beta=log:1", "cm.beta=log:0:1", "cm.beta=exp:1:2"):
+        with pytest.raises(ConfigError):
+            parse_param(bad)
+    assert [p.key for p in default_space(load_config(None, ["method.name=vat"]))] == ["cm.beta", "method.delta"]
+    assert [p.key for p in default_space(load_config(None))] == ["cm.beta"]

@@ -107,6 +107,32 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _require(module: str, extra: str) -> None:
+    """A one-line error, not a traceback, when an optional extra is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise ValueError(f"this command needs {module}: pip install 'supercm[{extra}]'")
+
+
+def _cmd_tune(args: argparse.Namespace) -> int:
+    _require("optuna", "tune")
+    from .analysis.tune import parse_param, tune
+
+    params = [parse_param(t) for t in args.param] if args.param else None
+    out = Path(args.out) if args.out else Path("runs") / f"tune-{Path(args.config).stem}"
+    r = tune(args.config, args.trials, out, overrides=args.overrides, params=params, storage=args.storage,
+             study_name=args.study, seed=args.seed, prune=not args.no_prune,
+             log=lambda msg: print(msg, file=sys.stderr, flush=True))
+    print(f"best of {r.finished_trials} trials: trial {r.best_trial} ({r.best_run_dir}), validation accuracy {r.best_value:.4f}")
+    for k, v in r.best_params.items():
+        print(f"  {k} = {v:.6g}" if isinstance(v, float) else f"  {k} = {v}")
+    if r.best_test_accuracy is not None:
+        print(f"its test accuracy (recorded, not used to choose): {r.best_test_accuracy:.4f}")
+    print(f"config with these values: {r.config_path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="supercm", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -154,6 +180,20 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--markdown", metavar="FILE", help="also write the Markdown report here")
     c.add_argument("--csv", metavar="FILE", help="also write the numbers as CSV here")
     c.set_defaults(func=_cmd_compare)
+
+    tu = sub.add_parser("tune", help="Bayesian optimisation (Optuna TPE) of β and δ on the validation split")
+    tu.add_argument("config", help="YAML config file to start from")
+    tu.add_argument("overrides", nargs="*", help="dotted overrides applied to every trial, e.g. train.iterations=300")
+    tu.add_argument("--trials", type=int, required=True, help="finished trials wanted in the study (a rerun adds the missing ones)")
+    tu.add_argument("--out", help="directory of the trial runs, the SQLite study and best.yaml (default runs/tune-<config>)")
+    tu.add_argument("--storage", metavar="URL", help="Optuna storage URL (default sqlite:///OUT/study.db)")
+    tu.add_argument("--study", default="supercm", metavar="NAME", help="study name in the storage (default supercm)")
+    tu.add_argument("--param", action="append", metavar="KEY=KIND:...",
+                    help="searched key, e.g. cm.beta=log:0.01:10 (repeatable; default: cm.beta, and method.delta when "
+                         "the method has an unlabeled loss)")
+    tu.add_argument("--seed", type=int, default=0, help="seed of the TPE sampler")
+    tu.add_argument("--no-prune", action="store_true", help="train every trial to the end")
+    tu.set_defaults(func=_cmd_tune)
     return p
 
 
