@@ -253,3 +253,40 @@ def test_tune_params_parse_and_default_to_beta_and_delta():
             parse_param(bad)
     assert [p.key for p in default_space(load_config(None, ["method.name=vat"]))] == ["cm.beta", "method.delta"]
     assert [p.key for p in default_space(load_config(None))] == ["cm.beta"]
+
+
+# ----------------------------------------------------------------------------- plot
+def test_plot_writes_valid_pngs_side_by_side(runs, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    import matplotlib.image
+
+    out = tmp_path / "pics"
+    assert main(["plot", str(runs["ce"]), str(runs["cm"]), "--out", str(out), "--max-points", "150"]) == 0
+    written = capsys.readouterr().out.split()
+    assert sorted(Path(p).name for p in written) == ["curves.png", "tsne.png"]
+    for name in ("curves.png", "tsne.png"):
+        raw = (out / name).read_bytes()
+        assert raw[:8] == b"\x89PNG\r\n\x1a\n"
+        img = matplotlib.image.imread(out / name)
+        assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100
+        assert img[..., :3].std() > 0.01  # something is drawn, not a blank canvas
+    # Two panels side by side: wider than tall.
+    tsne = matplotlib.image.imread(out / "tsne.png")
+    assert tsne.shape[1] > 1.5 * tsne.shape[0]
+
+
+def test_tsne_places_the_centroids_among_their_classes():
+    """Embedding the centroids together with the features puts μ_k inside class k's cloud:
+    well-separated Gaussian classes with their means as centroids → each embedded centroid's
+    nearest embedded points belong to its own class."""
+    pytest.importorskip("matplotlib")
+    from supercm.analysis.plot import embed_with_centroids
+
+    rng = np.random.default_rng(0)
+    means = rng.normal(scale=8.0, size=(4, 16))
+    labels = np.repeat(np.arange(4), 40)
+    feats = means[labels] + rng.normal(size=(160, 16))
+    pts, cpts = embed_with_centroids(feats, means, seed=0)
+    for k, c in enumerate(cpts):
+        nearest = np.argsort(((pts - c) ** 2).sum(1))[:10]
+        assert (labels[nearest] == k).mean() >= 0.9

@@ -115,6 +115,25 @@ def _require(module: str, extra: str) -> None:
         raise ValueError(f"this command needs {module}: pip install 'supercm[{extra}]'")
 
 
+def _cmd_plot(args: argparse.Namespace) -> int:
+    _require("matplotlib", "plot")
+    from .analysis.plot import curves_figure, tsne_figure
+    from .analysis.runs import load_run
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    runs = [load_run(d, data_root=args.data_root) for d in args.run_dirs]
+    shapes = {r.data.name for r in runs}
+    written = [curves_figure(args.run_dirs, out / "curves.png")]
+    if not args.no_tsne:
+        if len(shapes) > 1:
+            raise ValueError(f"t-SNE panels compare runs on one dataset; these runs use {', '.join(sorted(shapes))}")
+        written.append(tsne_figure(runs, out / "tsne.png", max_points=args.max_points, seed=args.seed, layer=args.layer))
+    for path in written:
+        print(path)
+    return 0
+
+
 def _cmd_tune(args: argparse.Namespace) -> int:
     _require("optuna", "tune")
     from .analysis.tune import parse_param, tune
@@ -180,6 +199,16 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--markdown", metavar="FILE", help="also write the Markdown report here")
     c.add_argument("--csv", metavar="FILE", help="also write the numbers as CSV here")
     c.set_defaults(func=_cmd_compare)
+
+    pl = sub.add_parser("plot", help="PNGs of runs: t-SNE of test features with centroids, learning curves")
+    pl.add_argument("run_dirs", nargs="+", help="run directories, drawn side by side (e.g. CE and SuperCM)")
+    pl.add_argument("--out", required=True, help="directory for tsne.png and curves.png")
+    pl.add_argument("--max-points", type=int, default=2000, help="test samples in the t-SNE (default 2000)")
+    pl.add_argument("--layer", choices=("features", "logits"), default="features")
+    pl.add_argument("--seed", type=int, default=0, help="seed of the subsample and of t-SNE")
+    pl.add_argument("--no-tsne", action="store_true", help="learning curves only")
+    pl.add_argument("--data-root", help="data root (default: the runs' data.root)")
+    pl.set_defaults(func=_cmd_plot)
 
     tu = sub.add_parser("tune", help="Bayesian optimisation (Optuna TPE) of β and δ on the validation split")
     tu.add_argument("config", help="YAML config file to start from")
