@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, command_line, machine_info, machine_line, markdown_table, set_threads, write_results  # noqa: E402
+from common import ROOT, command_line, machine_info, machine_line, markdown_table, set_threads, write_results
 
 ARMS = (("CE", "mnist10k-supervised"), ("CE + SuperCM", "mnist10k-supervised-cm"))
 
@@ -118,8 +118,8 @@ def main(argv: list[str] | None = None) -> int:
                  f"{x['features']['same_domain_flawed_pad']:.3f}"] for x in records]
     n = records[0]["features"]
     md = "\n\n".join([
-        f"# Proxy A-distance: mnist10k test ({n['n_source']}) vs optdigits in MNIST layout ({n['n_target']}); "
-        f"same domain: mnist10k train ({n['n_train']}) vs test ({n['n_source']})",
+        (f"# Proxy A-distance: mnist10k test ({n['n_source']}) vs optdigits in MNIST layout ({n['n_target']}); "
+         f"same domain: mnist10k train ({n['n_train']}) vs test ({n['n_source']})"),
         machine_line(info) + f"\n\ncommand: `{command_line()}`",
         "Mean ± std over seeds; each PAD (ours) is itself a mean over repeats. Both estimators on the same features.",
         markdown_table(["layer", "arm", "seeds", "test % (best val)", "PAD MNIST→optdigits (ours)", "(flawed)",

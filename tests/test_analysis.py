@@ -183,7 +183,7 @@ TUNE = ["train.iterations=30", "train.eval_every=10", "train.tensorboard=false"]
 def _poison_test_accuracy(monkeypatch):
     """Make every test-set accuracy −1 (digits' test split has 599 samples, validation 200):
     if it reached the objective, a trial's value or a reported intermediate value would be −1."""
-    import supercm.train as train
+    from supercm import train
 
     real = train.evaluate
 
@@ -218,7 +218,7 @@ def test_tune_resumes_an_interrupted_study_from_sqlite(tmp_path, monkeypatch, ca
     pytest.importorskip("optuna")
     import optuna
 
-    import supercm.train as train
+    from supercm import train
 
     real_fit, calls = train.Trainer.fit, []
 

@@ -123,11 +123,11 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     runs = [load_run(d, data_root=args.data_root) for d in args.run_dirs]
-    shapes = {r.data.name for r in runs}
+    datasets = {r.data.name for r in runs}
     written = [curves_figure(args.run_dirs, out / "curves.png")]
     if not args.no_tsne:
-        if len(shapes) > 1:
-            raise ValueError(f"t-SNE panels compare runs on one dataset; these runs use {', '.join(sorted(shapes))}")
+        if len(datasets) > 1:
+            raise ValueError(f"t-SNE panels compare runs on one dataset; these runs use {', '.join(sorted(datasets))}")
         written.append(tsne_figure(runs, out / "tsne.png", max_points=args.max_points, seed=args.seed, layer=args.layer))
     for path in written:
         print(path)

@@ -22,9 +22,9 @@ import io
 import json
 import math
 import statistics
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping
 
 import numpy as np
 import yaml
@@ -34,7 +34,7 @@ IGNORED_KEYS = ("train.seed", "train.device", "train.progress", "train.tensorboa
 #: Fields of a run's summary.json (or of a results-file row) that are results, not settings.
 RESULT_FIELDS = (
     "best_iteration", "best_val_accuracy", "test_accuracy_at_best_val", "final_val_accuracy", "final_test_accuracy",
-    "ema_best_val_accuracy", "ema_test_accuracy_at_best_val", "seconds", "iterations_done", "wall_seconds",
+    "ema_best_val_accuracy", "ema_test_accuracy_at_best_val", "seconds", "wall_seconds",
 )
 #: Metrics reported by default, as (field, heading).
 DEFAULT_METRICS = (("test_accuracy_at_best_val", "test % (best val)"), ("best_val_accuracy", "val %"),

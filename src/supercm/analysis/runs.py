@@ -119,7 +119,7 @@ def to_input_shape(x: Tensor, shape: tuple[int, ...]) -> Tensor:
     import torch.nn.functional as F
 
     if x.dim() == 2:
-        side = int(round(x.shape[1] ** 0.5))
+        side = round(x.shape[1] ** 0.5)
         if side * side != x.shape[1]:
             raise ValueError(f"cannot read samples of width {x.shape[1]} as square images")
         x = x.view(-1, 1, side, side)

@@ -127,7 +127,8 @@ def tune(
     cfg = load_config(config, list(overrides))
     space = params or default_space(cfg)
     for p in space:  # fail now, not in trial 3, on a misspelt key or a value out of range
-        cfg.replace(**{p.key: p.low if p.low is not None else p.choices[0]})
+        probe = p.choices[0] if p.kind == "choice" else int(p.low) if p.kind == "int" else p.low
+        cfg.replace(**{p.key: probe})
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     storage = storage or f"sqlite:///{out.resolve() / 'study.db'}"
