@@ -74,10 +74,26 @@ def load_run(run_dir: str | Path, *, data_root: str | None = None, which: str = 
         path = run_dir / name
         if path.is_file():
             state = torch.load(path, map_location="cpu", weights_only=True)
+            _warn_if_not_the_reported_model(run_dir, name, int(state["iteration"]))
             model.load_state_dict(state["model"])
             model.eval()
             return LoadedRun(run_dir, cfg, data, split, model, name, int(state["iteration"]))
     raise FileNotFoundError(f"{run_dir} holds no trained weights ({' or '.join(names)})")
+
+
+def _warn_if_not_the_reported_model(run_dir: Path, name: str, iteration: int) -> None:
+    """best_model.pt should hold the iteration summary.json reports; it may not after a resume from
+    an older checkpoint that did not reach the same validation accuracy again (not on the CPU, where
+    resume is exact)."""
+    import warnings
+
+    summary = run_dir / "summary.json"
+    if name != BEST_MODEL or not summary.is_file():
+        return
+    best = json.loads(summary.read_text()).get("best_iteration")
+    if best is not None and int(best) != iteration:
+        warnings.warn(f"{run_dir}: {BEST_MODEL} holds iteration {iteration} but summary.json reports the best "
+                      f"validation accuracy at iteration {best}", stacklevel=3)
 
 
 @torch.no_grad()
