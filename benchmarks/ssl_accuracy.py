@@ -59,7 +59,9 @@ def _key(r: dict) -> tuple:
 
 
 def table(rows: list[dict]) -> str:
-    from scipy import stats
+    """One line per (dataset, method): base and +SuperCM over seeds, paired by seed
+    (statistics from :mod:`supercm.analysis.compare`, the same as ``supercm compare``)."""
+    from supercm.analysis.compare import fmt_mean_std, fmt_p, paired, summarize
 
     out = [
         "| dataset | method | base test % | + SuperCM test % | gain | SuperCM better | paired t-test p | base val % | + SuperCM val % | s/run |",
@@ -75,22 +77,16 @@ def table(rows: list[dict]) -> str:
                 continue
 
             def ms(runs: dict, key: str) -> str:
-                v = [100 * r[key] for r in runs.values()]
-                if not v:
-                    return "–"
-                return f"{statistics.mean(v):.2f} ± {statistics.stdev(v):.2f}" if len(v) > 1 else f"{v[0]:.2f}"
+                return fmt_mean_std(summarize(r[key] for r in runs.values()))
 
-            seeds = sorted(set(base) & set(cm))
-            diffs = [100 * (cm[s]["test_accuracy_at_best_val"] - base[s]["test_accuracy_at_best_val"]) for s in seeds]
-            gain = f"{statistics.mean(diffs):+.2f}" if diffs else "–"
-            wins = f"{sum(d > 0 for d in diffs)}/{len(diffs)}" if diffs else "–"
-            p = "–"
-            if len(diffs) > 1 and statistics.pstdev(diffs) > 0:
-                p = f"{stats.ttest_rel([cm[s]['test_accuracy_at_best_val'] for s in seeds], [base[s]['test_accuracy_at_best_val'] for s in seeds]).pvalue:.3g}"
+            key = "test_accuracy_at_best_val"
+            c = paired({s: r[key] for s, r in base.items()}, {s: r[key] for s, r in cm.items()})
+            gain = f"{100 * c.gain:+.2f}" if c.n else "–"
+            wins = f"{c.wins}/{c.n}" if c.n else "–"
             secs = [r["wall_seconds"] for r in [*base.values(), *cm.values()]]
             out.append(
-                f"| {dataset} | {LABELS[method]} | {ms(base, 'test_accuracy_at_best_val')} | {ms(cm, 'test_accuracy_at_best_val')} "
-                f"| {gain} | {wins} | {p} | {ms(base, 'best_val_accuracy')} | {ms(cm, 'best_val_accuracy')} | {statistics.mean(secs):.0f} |"
+                f"| {dataset} | {LABELS[method]} | {ms(base, key)} | {ms(cm, key)} "
+                f"| {gain} | {wins} | {fmt_p(c.p_value)} | {ms(base, 'best_val_accuracy')} | {ms(cm, 'best_val_accuracy')} | {statistics.mean(secs):.0f} |"
             )
     return "\n".join(out)
 

@@ -1,4 +1,5 @@
-"""The ``supercm`` command line: ``demo``, ``train``, ``fetch-data``.
+"""The ``supercm`` command line: ``demo``, ``train``, ``fetch-data``, and the analyses ``pad``, ``plot``,
+``compare`` and ``tune``.
 
 Every error a user can cause (a config, a run directory, a dataset, the disk) is one line,
 ``supercm: error: ...``, and exit code 2; ``--debug`` (or ``SUPERCM_DEBUG=1``) shows the
@@ -103,6 +104,95 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_pad(args: argparse.Namespace) -> int:
+    from .analysis import proxy_a_distance
+    from .analysis.runs import extract_features, load_run, run_domains
+
+    results = {}
+    for role, run_dir in (("run", args.run_dir), ("reference", args.reference)):
+        if run_dir is None:
+            continue
+        run = load_run(run_dir, data_root=args.data_root)
+        domains = run_domains(run, args.target, data_root=args.data_root, resize=args.resize)
+        fs = extract_features(run.model, domains.source, layer=args.layer)
+        ft = extract_features(run.model, domains.target, layer=args.layer)
+        r = proxy_a_distance(fs, ft, repeats=args.repeats, seed=args.seed)
+        results[role] = {
+            "run_dir": str(run_dir), "weights": run.checkpoint, "iteration": run.iteration, "layer": args.layer,
+            "source": domains.source_name, "target": domains.target_name, "pad_mean": r.mean, "pad_std": r.std,
+            "pad_values": list(r.values), "n_per_domain": r.n_per_domain,
+        }
+        print(f"{role}: {run_dir} ({run.checkpoint}, iteration {run.iteration}), layer {args.layer}: "
+              f"PAD({domains.source_name} | {domains.target_name}) = {r}")
+    if "reference" in results:
+        print(f"PAD difference (run − reference): {results['run']['pad_mean'] - results['reference']['pad_mean']:+.3f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from .analysis.compare import compare, results_records, run_record
+
+    records = [run_record(d) for d in args.run_dirs]
+    if args.results:
+        group_by = [k.strip() for k in args.group_by.split(",")] if args.group_by else None
+        records += results_records(args.results, group_by)
+    report = compare(records, baseline=args.baseline, treatment=args.treatment, confidence=args.confidence, seed=args.seed)
+    md = report.markdown()
+    print(md, end="")
+    if args.markdown:
+        Path(args.markdown).write_text(md)
+    if args.csv:
+        Path(args.csv).write_text(report.csv())
+    return 0
+
+
+def _require(module: str, extra: str) -> None:
+    """A one-line error, not a traceback, when an optional extra is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise ValueError(f"this command needs {module}: pip install 'supercm[{extra}]'")
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    _require("matplotlib", "plot")
+    from .analysis.plot import curves_figure, tsne_figure
+    from .analysis.runs import load_run
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    runs = [load_run(d, data_root=args.data_root) for d in args.run_dirs]
+    datasets = {r.data.name for r in runs}
+    written = [curves_figure(args.run_dirs, out / "curves.png")]
+    if not args.no_tsne:
+        if len(datasets) > 1:
+            raise ValueError(f"t-SNE panels compare runs on one dataset; these runs use {', '.join(sorted(datasets))}")
+        written.append(tsne_figure(runs, out / "tsne.png", max_points=args.max_points, seed=args.seed, layer=args.layer))
+    for path in written:
+        print(path)
+    return 0
+
+
+def _cmd_tune(args: argparse.Namespace) -> int:
+    _require("optuna", "tune")
+    from .analysis.tune import parse_param, tune
+
+    params = [parse_param(t) for t in args.param] if args.param else None
+    out = Path(args.out) if args.out else Path("runs") / f"tune-{Path(args.config).stem}"
+    r = tune(args.config, args.trials, out, overrides=args.overrides, params=params, storage=args.storage,
+             study_name=args.study, seed=args.seed, prune=not args.no_prune,
+             log=lambda msg: print(msg, file=sys.stderr, flush=True))
+    print(f"best of {r.finished_trials} trials: trial {r.best_trial} ({r.best_run_dir}), validation accuracy {r.best_value:.4f}")
+    for k, v in r.best_params.items():
+        print(f"  {k} = {v:.6g}" if isinstance(v, float) else f"  {k} = {v}")
+    if r.best_test_accuracy is not None:
+        print(f"its test accuracy (recorded, not used to choose): {r.best_test_accuracy:.4f}")
+    print(f"config with these values: {r.config_path}")
+    return 0
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, with its errors on one line like every other error."""
 
@@ -134,6 +224,55 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--root", help="data root (default $SUPERCM_DATA or ~/.cache/supercm/data)")
     f.add_argument("--force", action="store_true", help="fetch again even when the cache is there (repairs a corrupt cache)")
     f.set_defaults(func=_cmd_fetch)
+
+    pa = sub.add_parser("pad", help="proxy A-distance of a run's features (lower = domains better aligned)")
+    pa.add_argument("run_dir", help="a run directory (its best-validation weights are used)")
+    pa.add_argument("--reference", metavar="RUN_DIR", help="a second run (e.g. the source-only/CE run) measured alike")
+    pa.add_argument("--layer", choices=("features", "logits"), default="features", help="backbone features (default) or logits")
+    pa.add_argument("--target", metavar="DATASET",
+                    help="target domain: another dataset (vs the run's test set); default: the run's train vs test set")
+    pa.add_argument("--resize", action="store_true", help="bring target images to the run's input shape")
+    pa.add_argument("--data-root", help="data root (default: the run's data.root)")
+    pa.add_argument("--repeats", type=int, default=5, help="subsample/split repeats (default 5)")
+    pa.add_argument("--seed", type=int, default=0)
+    pa.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    pa.set_defaults(func=_cmd_pad)
+
+    c = sub.add_parser("compare", help="mean ± std, bootstrap CIs and paired tests over seeds, by configuration")
+    c.add_argument("run_dirs", nargs="*", help="finished run directories (grouped by config.yaml without the seed)")
+    c.add_argument("--results", metavar="FILE", help="a JSON-lines results file (one run per line, with a 'seed')")
+    c.add_argument("--group-by", metavar="KEYS", help="comma-separated fields that group the results file's rows")
+    c.add_argument("--baseline", metavar="NAME", help="group name of the baseline (as printed in the table)")
+    c.add_argument("--treatment", metavar="NAME", help="group name compared with the baseline, paired by seed")
+    c.add_argument("--confidence", type=float, default=0.95, help="bootstrap confidence level (default 0.95)")
+    c.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resampling")
+    c.add_argument("--markdown", metavar="FILE", help="also write the Markdown report here")
+    c.add_argument("--csv", metavar="FILE", help="also write the numbers as CSV here")
+    c.set_defaults(func=_cmd_compare)
+
+    pl = sub.add_parser("plot", help="PNGs of runs: t-SNE of test features with centroids, learning curves")
+    pl.add_argument("run_dirs", nargs="+", help="run directories, drawn side by side (e.g. CE and SuperCM)")
+    pl.add_argument("--out", required=True, help="directory for tsne.png and curves.png")
+    pl.add_argument("--max-points", type=int, default=2000, help="test samples in the t-SNE (default 2000)")
+    pl.add_argument("--layer", choices=("features", "logits"), default="features")
+    pl.add_argument("--seed", type=int, default=0, help="seed of the subsample and of t-SNE")
+    pl.add_argument("--no-tsne", action="store_true", help="learning curves only")
+    pl.add_argument("--data-root", help="data root (default: the runs' data.root)")
+    pl.set_defaults(func=_cmd_plot)
+
+    tu = sub.add_parser("tune", help="Bayesian optimisation (Optuna TPE) of β and δ on the validation split")
+    tu.add_argument("config", help="YAML config file to start from")
+    tu.add_argument("overrides", nargs="*", help="dotted overrides applied to every trial, e.g. train.iterations=300")
+    tu.add_argument("--trials", type=int, required=True, help="finished trials wanted in the study (a rerun adds the missing ones)")
+    tu.add_argument("--out", help="directory of the trial runs, the SQLite study and best.yaml (default runs/tune-<config>)")
+    tu.add_argument("--storage", metavar="URL", help="Optuna storage URL (default sqlite:///OUT/study.db)")
+    tu.add_argument("--study", default="supercm", metavar="NAME", help="study name in the storage (default supercm)")
+    tu.add_argument("--param", action="append", metavar="KEY=KIND:...",
+                    help="searched key, e.g. cm.beta=log:0.01:10 (repeatable; default: cm.beta, and method.delta when "
+                         "the method has an unlabeled loss)")
+    tu.add_argument("--seed", type=int, default=0, help="seed of the TPE sampler")
+    tu.add_argument("--no-prune", action="store_true", help="train every trial to the end")
+    tu.set_defaults(func=_cmd_tune)
     return p
 
 
@@ -157,7 +296,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from .data.offline import FetchError
 
     return (ValueError, FloatingPointError, FetchError, OSError, yaml.YAMLError, zipfile.BadZipFile,
-            pickle.UnpicklingError, EOFError)
+            pickle.UnpicklingError, EOFError, NotImplementedError)
 
 
 def _one_line(exc: BaseException) -> str:

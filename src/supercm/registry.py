@@ -10,9 +10,10 @@
 
 from __future__ import annotations
 
-from typing import Callable, Generic, Iterator, TypeVar
+from typing import Any, Callable, Generic, Iterator, TypeVar
 
 T = TypeVar("T")
+_MISSING = object()
 
 
 class Registry(Generic[T]):
@@ -33,16 +34,26 @@ class Registry(Generic[T]):
 
         return add if obj is None else add(obj)
 
-    def get(self, name: str) -> T:
+    def get(self, name: str, default: Any = _MISSING) -> T:
+        """The object registered as ``name``; ``default`` if given and nothing is, else a ValueError."""
         try:
             return self._items[name]
         except KeyError:
+            if default is not _MISSING:
+                return default
             raise ValueError(
                 f"unknown {self.kind} {name!r}; choose one of {', '.join(sorted(self._items))} ({self.key})"
             ) from None
 
     def __getitem__(self, name: str) -> T:
         return self.get(name)
+
+    def __setitem__(self, name: str, obj: T) -> None:
+        """Register or replace ``name`` (tests and plugins that swap an entry)."""
+        self._items[name] = obj
+
+    def __delitem__(self, name: str) -> None:
+        del self._items[name]
 
     def __contains__(self, name: object) -> bool:
         return name in self._items

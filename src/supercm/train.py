@@ -28,6 +28,7 @@ import os
 import random
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -47,6 +48,7 @@ from .methods import Batch, Term, build_method
 from .models import CMClassifier, build_backbone
 
 CHECKPOINT = "checkpoint.pt"
+BEST_MODEL = "best_model.pt"  # weights of the best-validation model: what the run reports
 SPLIT = "split.json"
 CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
@@ -561,6 +563,7 @@ class Trainer:
                 )
             if not same_config:
                 results = [n for n in (METRICS, EVALS) if _log_iterations(d / n) > 0]
+                results += [BEST_MODEL] if (d / BEST_MODEL).exists() else []
                 if results:
                     raise RunDirError(
                         f"{d} holds results of a run with another config ({', '.join(results)}) and no checkpoint; "
@@ -825,20 +828,35 @@ class Trainer:
             rec[prefix + "val"], rec[prefix + "test"] = val, test
             if improved:
                 best.update(iteration=self.iteration, val=val, test=test)
+                if not prefix:
+                    self._save_best_model(val)
         if self.uda and rec["test"] > self.oracle["test"]:
             self.oracle.update(iteration=self.iteration, test=rec["test"])
         return rec
 
-    def fit(self) -> RunResult:
-        """Train to ``train.iterations``; the run directory stays locked until it returns."""
+    def _save_best_model(self, val: float) -> None:
+        """Keep the selected (best-validation) model's weights beside the last checkpoint, so
+        analyses (``supercm pad``, ``supercm plot``) look at the model whose accuracy is reported.
+        Read it with ``torch.load(path, weights_only=True)``; written atomically, only when finite."""
+        if self.run_dir is not None:
+            self._check_state_finite()
+            state = {"iteration": self.iteration, "val": val, "model": self.model.state_dict()}
+            _atomic_save(state, self.run_dir / BEST_MODEL)
+
+    def fit(self, on_evaluate: Callable[[dict], None] | None = None) -> RunResult:
+        """Train to ``train.iterations``; the run directory stays locked until it returns.
+
+        ``on_evaluate(record)`` is called after every evaluation with the record written to
+        eval.jsonl (e.g. to report it to a tuner, which may stop the run by raising; the files
+        are closed and the last checkpoint stays intact)."""
         if self.run_dir is not None and self._lock is None:  # fit() called again: lock the directory again
             self._lock = self._take_run_dir()
         try:
-            return self._fit()
+            return self._fit(on_evaluate)
         finally:
             self._release()
 
-    def _fit(self) -> RunResult:
+    def _fit(self, on_evaluate: Callable[[dict], None] | None = None) -> RunResult:
         tc = self.cfg.train
         metrics_f = evals_f = None
         if self.run_dir is not None:
@@ -880,6 +898,8 @@ class Trainer:
                                 self._tb.add_scalar(f"eval/{k}", v, it)
                     if bar is not None:
                         bar.set_postfix(val=f"{rec['val']:.3f}", best=f"{self.best['val']:.3f}", refresh=False)
+                    if on_evaluate is not None:
+                        on_evaluate(rec)
                 if bar is not None:
                     bar.update(1)
                 self.elapsed = time.perf_counter() - start

@@ -1,0 +1,278 @@
+"""Comparison reports over seeds: mean ± std, bootstrap confidence intervals, paired tests.
+
+Runs are grouped by their configuration without the keys that do not change what is
+learned (:data:`IGNORED_KEYS`: the seed, the device, the progress bar, TensorBoard),
+so the seeds of one configuration form one group. For a metric with values
+x_1..x_n over seeds:
+
+* mean x̄ and sample standard deviation s = √(Σ(x_i − x̄)² / (n − 1));
+* a percentile bootstrap confidence interval of the mean: resample the n seeds with
+  replacement B times (a seeded generator), take the α/2 and 1 − α/2 quantiles of
+  the resampled means;
+* between a baseline group b and a treatment group t, *paired by seed* (the seed
+  fixes the split and the initialisation, so d_i = t_i − b_i removes their share of
+  the variance): the mean gain d̄, the number of seeds where t wins, and the paired
+  t-test p-value, from t = d̄ / (s_d / √n) with n − 1 degrees of freedom.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import statistics
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+#: Config keys that do not change the learned model; a group is a config without them.
+IGNORED_KEYS = ("train.seed", "train.device", "train.progress", "train.tensorboard")
+#: Fields of a run's summary.json (or of a results-file row) that are results, not settings.
+RESULT_FIELDS = (
+    "best_iteration", "best_val_accuracy", "test_accuracy_at_best_val", "final_val_accuracy", "final_test_accuracy",
+    "ema_best_val_accuracy", "ema_test_accuracy_at_best_val", "seconds", "wall_seconds",
+)
+#: Metrics reported by default, as (field, heading).
+DEFAULT_METRICS = (("test_accuracy_at_best_val", "test % (best val)"), ("best_val_accuracy", "val %"),
+                   ("final_test_accuracy", "test % (last)"))
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Mean, sample std, bootstrap CI ``(low, high)`` of the mean, and n."""
+
+    mean: float
+    std: float
+    ci: tuple[float, float]
+    n: int
+
+
+@dataclass(frozen=True)
+class Paired:
+    """Treatment − baseline over the seeds both groups hold."""
+
+    gain: float
+    ci: tuple[float, float]
+    wins: int
+    n: int
+    p_value: float  # NaN when undefined (n < 2 or all differences equal)
+    seeds: tuple
+
+
+@dataclass
+class Record:
+    """One run: its group, its seed and its metrics."""
+
+    group: tuple  # hashable description of the configuration
+    seed: int
+    metrics: dict
+    source: str = ""
+
+
+def bootstrap_ci(values: Iterable[float], *, confidence: float = 0.95, resamples: int = 10_000, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean (seeded; a single value gives (v, v))."""
+    v = np.asarray(list(values), dtype=float)
+    if v.size == 0:
+        return (math.nan, math.nan)
+    rng = np.random.default_rng(seed)
+    means = v[rng.integers(0, v.size, size=(resamples, v.size))].mean(axis=1)
+    a = (1 - confidence) / 2
+    return (float(np.quantile(means, a)), float(np.quantile(means, 1 - a)))
+
+
+def summarize(values: Iterable[float], *, confidence: float = 0.95, seed: int = 0) -> Summary:
+    v = [float(x) for x in values]
+    if not v:
+        return Summary(math.nan, math.nan, (math.nan, math.nan), 0)
+    return Summary(statistics.mean(v), statistics.stdev(v) if len(v) > 1 else 0.0,
+                   bootstrap_ci(v, confidence=confidence, seed=seed), len(v))
+
+
+def paired(baseline: Mapping, treatment: Mapping, *, confidence: float = 0.95, seed: int = 0) -> Paired:
+    """Compare ``{seed: value}`` maps over their common seeds (paired t-test, two-sided)."""
+    from scipy import stats
+
+    seeds = tuple(sorted(set(baseline) & set(treatment)))
+    b = [float(baseline[s]) for s in seeds]
+    t = [float(treatment[s]) for s in seeds]
+    d = [x - y for x, y in zip(t, b)]
+    if not d:
+        return Paired(math.nan, (math.nan, math.nan), 0, 0, math.nan, seeds)
+    p = math.nan
+    if len(d) > 1 and statistics.pstdev(d) > 0:
+        p = float(stats.ttest_rel(t, b).pvalue)
+    return Paired(statistics.mean(d), bootstrap_ci(d, confidence=confidence, seed=seed), sum(x > 0 for x in d),
+                  len(d), p, seeds)
+
+
+def fmt_mean_std(s: Summary, scale: float = 100.0, digits: int = 2) -> str:
+    """``mean ± std`` (scaled, e.g. to percent); a single value alone; ``–`` for none."""
+    if s.n == 0:
+        return "–"
+    if s.n == 1:
+        return f"{scale * s.mean:.{digits}f}"
+    return f"{scale * s.mean:.{digits}f} ± {scale * s.std:.{digits}f}"
+
+
+def fmt_p(p: float) -> str:
+    return "–" if math.isnan(p) else f"{p:.3g}"
+
+
+# ----------------------------------------------------------------------------- reading runs
+def _flatten(d: Mapping, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping) and v:
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _freeze(v):
+    return json.dumps(v, sort_keys=True) if isinstance(v, (list, dict)) else v
+
+
+def run_record(run_dir: str | Path) -> Record:
+    """A run directory's group (its config.yaml without :data:`IGNORED_KEYS`), seed and summary.json."""
+    run_dir = Path(run_dir)
+    cfg_path, summary_path = run_dir / "config.yaml", run_dir / "summary.json"
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a run directory (no config.yaml)")
+    if not summary_path.is_file():
+        raise FileNotFoundError(f"{run_dir} has not finished (no summary.json)")
+    flat = _flatten(yaml.safe_load(cfg_path.read_text()) or {})
+    seed = int(flat.get("train.seed", 0))
+    group = tuple(sorted((k, _freeze(v)) for k, v in flat.items() if k not in IGNORED_KEYS))
+    return Record(group, seed, json.loads(summary_path.read_text()), str(run_dir))
+
+
+def results_records(path: str | Path, group_by: Iterable[str] | None = None) -> list[Record]:
+    """Rows of a JSON-lines results file (e.g. benchmarks/results/ssl_accuracy.jsonl). A row's group is
+    its ``group_by`` fields (default: every field but ``seed`` and the :data:`RESULT_FIELDS`)."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"results file {str(p)!r} does not exist")
+    records = []
+    for i, line in enumerate(p.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            raise ValueError(f"{p}:{i} is not a JSON line") from None
+        if "seed" not in row:
+            raise ValueError(f"{p}:{i} has no 'seed' field")
+        keys = list(group_by) if group_by else [k for k in row if k != "seed" and k not in RESULT_FIELDS]
+        group = tuple((k, _freeze(row.get(k))) for k in keys)
+        metrics = {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        records.append(Record(group, int(row["seed"]), metrics, f"{p}:{i}"))
+    return records
+
+
+def group_names(groups: Iterable[tuple]) -> dict[tuple, str]:
+    """A short name per group: the settings in which it differs from the others (``k=v, ...``)."""
+    groups = list(dict.fromkeys(groups))
+    if len(groups) == 1:
+        d = dict(groups[0])
+        name = ", ".join(f"{k}={d[k]}" for k in ("data.name", "method.name", "cm.beta", "dataset", "method", "cm") if k in d)
+        return {groups[0]: name or "all"}
+    dicts = [dict(g) for g in groups]
+    keys = sorted({k for d in dicts for k in d})
+    varying = [k for k in keys if len({_freeze(d.get(k)) for d in dicts}) > 1]
+    return {g: ", ".join(f"{k}={d.get(k)}" for k in varying) for g, d in zip(groups, dicts)}
+
+
+@dataclass
+class Report:
+    """Grouped records with their summaries and (optionally) one paired comparison."""
+
+    names: dict  # group → name
+    by_group: dict  # group → {seed: Record}
+    metrics: tuple  # (field, heading) pairs
+    summaries: dict  # (group, field) → Summary
+    comparison: dict | None = None  # field → Paired, for (baseline, treatment)
+    baseline: str | None = None
+    treatment: str | None = None
+
+    def markdown(self) -> str:
+        head = ["group", "seeds", *[f"{h}" for _, h in self.metrics], *[f"{h} 95% CI" for _, h in self.metrics[:1]]]
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for g, name in self.names.items():
+            s = [self.summaries[(g, f)] for f, _ in self.metrics]
+            lo, hi = s[0].ci
+            ci = "–" if s[0].n == 0 else f"[{100 * lo:.2f}, {100 * hi:.2f}]"
+            lines.append("| " + " | ".join([name, str(len(self.by_group[g])), *map(fmt_mean_std, s), ci]) + " |")
+        if self.comparison:
+            lines += ["", f"Paired by seed: **{self.treatment}** − **{self.baseline}**", "",
+                      "| metric | seeds | gain | 95% CI | wins | paired t-test p |", "|---|---|---|---|---|---|"]
+            for f, h in self.metrics:
+                c = self.comparison[f]
+                lines.append(f"| {h} | {c.n} | {100 * c.gain:+.2f} | [{100 * c.ci[0]:+.2f}, {100 * c.ci[1]:+.2f}] "
+                             f"| {c.wins}/{c.n} | {fmt_p(c.p_value)} |")
+        return "\n".join(lines) + "\n"
+
+    def csv(self) -> str:
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(["group", "metric", "n", "mean", "std", "ci_low", "ci_high", "paired_gain", "paired_ci_low",
+                    "paired_ci_high", "wins", "p_value"])
+        for g, name in self.names.items():
+            for f, _ in self.metrics:
+                s = self.summaries[(g, f)]
+                row = [name, f, s.n, s.mean, s.std, *s.ci]
+                if self.comparison and name == self.treatment:
+                    c = self.comparison[f]
+                    row += [c.gain, *c.ci, c.wins, c.p_value]
+                else:
+                    row += ["", "", "", "", ""]
+                w.writerow(row)
+        return buf.getvalue()
+
+
+def compare(
+    records: list[Record],
+    *,
+    metrics: tuple = DEFAULT_METRICS,
+    baseline: str | None = None,
+    treatment: str | None = None,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> Report:
+    """Group ``records``, summarise each metric per group, and pair ``treatment`` with ``baseline``
+    (group names as :func:`group_names` gives them) when both are named."""
+    if not records:
+        raise ValueError("nothing to compare: no runs given")
+    by_group: dict[tuple, dict] = {}
+    for r in records:
+        seeds = by_group.setdefault(r.group, {})
+        if r.seed in seeds:
+            raise ValueError(f"two runs of one configuration with seed {r.seed}: {seeds[r.seed].source} and {r.source}")
+        seeds[r.seed] = r
+    names = group_names(by_group)
+    metrics = tuple(m for m in metrics if any(m[0] in r.metrics for r in records)) or metrics
+    summaries = {
+        (g, f): summarize([r.metrics[f] for r in runs.values() if r.metrics.get(f) is not None], confidence=confidence, seed=seed)
+        for g, runs in by_group.items() for f, _ in metrics
+    }
+    report = Report(names, by_group, metrics, summaries)
+    if (baseline is None) != (treatment is None):
+        raise ValueError("name both --baseline and --treatment, or neither")
+    if baseline is not None:
+        lookup = {n: g for g, n in names.items()}
+        for n in (baseline, treatment):
+            if n not in lookup:
+                raise ValueError(f"no group named {n!r}; the groups are: {'; '.join(repr(x) for x in lookup)}")
+        b, t = by_group[lookup[baseline]], by_group[lookup[treatment]]
+        report.comparison = {
+            f: paired({s: r.metrics[f] for s, r in b.items() if r.metrics.get(f) is not None},
+                      {s: r.metrics[f] for s, r in t.items() if r.metrics.get(f) is not None},
+                      confidence=confidence, seed=seed)
+            for f, _ in metrics
+        }
+        report.baseline, report.treatment = baseline, treatment
+    return report

@@ -1,0 +1,188 @@
+"""Tuning β and δ by Bayesian optimisation (Optuna's TPE), on the *validation* split only.
+
+Each trial is a normal run directory ``OUT/trial-NNNN`` (config.yaml, metrics, eval.jsonl,
+best_model.pt, summary.json), trained by the one trainer with the trial's values. The
+objective is the run's best validation accuracy; the test accuracy at that point is kept
+as a trial attribute for the record and never reaches the sampler. After every
+evaluation the validation accuracy is reported to Optuna, whose percentile pruner stops
+a clearly bad trial: past half of the iterations, one whose best validation accuracy so
+far is in the bottom tenth of the earlier trials' at the same iteration (validation
+accuracy on a few hundred images is noisy; a median rule pruned near-copies of the
+best trial in a 10-trial search on digits).
+
+The study lives in a database (SQLite ``OUT/study.db`` by default; any Optuna storage
+URL, e.g. PostgreSQL, lets several machines work on one study). ``trials`` is the
+number of *finished* (complete or pruned) trials wanted: running the same command again
+after an interruption adds only the missing trials, numbered after the existing ones.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..config import Config, ConfigError, load_config
+
+
+@dataclass(frozen=True)
+class Param:
+    """A searched config key: ``kind`` is ``log`` or ``float`` (in [low, high]), ``int`` or ``choice``."""
+
+    key: str
+    kind: str
+    low: float | None = None
+    high: float | None = None
+    choices: tuple = ()
+
+    def suggest(self, trial) -> Any:
+        if self.kind == "log":
+            return trial.suggest_float(self.key, self.low, self.high, log=True)
+        if self.kind == "float":
+            return trial.suggest_float(self.key, self.low, self.high)
+        if self.kind == "int":
+            return trial.suggest_int(self.key, int(self.low), int(self.high))
+        return trial.suggest_categorical(self.key, list(self.choices))
+
+
+def parse_param(text: str) -> Param:
+    """``cm.beta=log:0.01:10``, ``optim.lr=float:1e-4:1e-2``, ``train.batch_labeled=int:16:64``,
+    ``cm.centroids=choice:paper,mean``."""
+    usage = f"--param {text!r} must look like KEY=log:LOW:HIGH, KEY=float:LOW:HIGH, KEY=int:LOW:HIGH or KEY=choice:A,B"
+    if "=" not in text:
+        raise ConfigError(usage)
+    key, spec = text.split("=", 1)
+    kind, _, rest = spec.partition(":")
+    if kind == "choice":
+        choices = tuple(yaml.safe_load(c) for c in rest.split(",") if c)
+        if not choices:
+            raise ConfigError(usage)
+        return Param(key.strip(), kind, choices=choices)
+    if kind not in ("log", "float", "int"):
+        raise ConfigError(usage)
+    try:
+        low, high = (float(v) for v in rest.split(":"))
+    except ValueError:
+        raise ConfigError(usage) from None
+    if not low < high or (kind == "log" and low <= 0):
+        raise ConfigError(f"--param {text!r}: need LOW < HIGH{' and LOW > 0 for log' if kind == 'log' else ''}")
+    return Param(key.strip(), kind, low, high)
+
+
+def has_unlabeled_loss(cfg: Config) -> bool:
+    """Whether the config's base method adds an unlabeled loss (so δ matters)."""
+    from ..methods import Term, build_method
+
+    method = build_method(cfg.method.name, cfg.method.options)
+    return type(method).loss is not Term.loss
+
+
+def default_space(cfg: Config) -> list[Param]:
+    """β on a log scale in [0.01, 10]; δ on a log scale in [0.01, 100] when the method has an unlabeled loss."""
+    space = [Param("cm.beta", "log", 0.01, 10.0)]
+    if has_unlabeled_loss(cfg):
+        space.append(Param("method.delta", "log", 0.01, 100.0))
+    return space
+
+
+@dataclass
+class TuneResult:
+    best_params: dict
+    best_value: float  # best validation accuracy
+    best_trial: int
+    best_run_dir: str
+    best_test_accuracy: float | None  # recorded only, never used to choose
+    finished_trials: int
+    config_path: Path
+    study: Any
+
+
+def _finished(study) -> int:
+    from optuna.trial import TrialState
+
+    return sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials)
+
+
+def tune(
+    config: str | Path | None,
+    trials: int,
+    out_dir: str | Path,
+    *,
+    overrides: tuple[str, ...] | list[str] = (),
+    params: list[Param] | None = None,
+    storage: str | None = None,
+    study_name: str = "supercm",
+    seed: int = 0,
+    prune: bool = True,
+    log=print,
+) -> TuneResult:
+    """Run trials until the study holds ``trials`` finished ones; write ``OUT/best.yaml``."""
+    import optuna
+
+    from ..train import Trainer
+
+    cfg = load_config(config, list(overrides))
+    space = params or default_space(cfg)
+    for p in space:  # fail now, not in trial 3, on a misspelt key or a value out of range
+        probe = p.choices[0] if p.kind == "choice" else int(p.low) if p.kind == "int" else p.low
+        cfg.replace(**{p.key: probe})
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    storage = storage or f"sqlite:///{out.resolve() / 'study.db'}"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    pruner = (optuna.pruners.PercentilePruner(10.0, n_startup_trials=3, n_warmup_steps=cfg.train.iterations // 2)
+              if prune else optuna.pruners.NopPruner())
+    # A resumed study gets a new sampler seed (offset by the trials it holds), or its random
+    # start-up phase would propose the first points again.
+    sampler = optuna.samplers.TPESampler(seed=seed + _trial_count(study_name, storage),
+                                         n_startup_trials=min(10, max(2, trials // 2)))
+    study = optuna.create_study(study_name=study_name, storage=storage, load_if_exists=True, direction="maximize",
+                                sampler=sampler, pruner=pruner)
+
+    def objective(trial) -> float:
+        values = {p.key: p.suggest(trial) for p in space}
+        run_dir = out / f"trial-{trial.number:04d}"
+        trial.set_user_attr("run_dir", str(run_dir))
+        trainer = Trainer(cfg.replace(**values, **{"train.progress": False}), run_dir)
+
+        def on_evaluate(rec: dict) -> None:
+            trial.report(rec["val"], rec["iteration"])  # validation accuracy only
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"validation {rec['val']:.4f} at iteration {rec['iteration']}")
+
+        try:
+            result = trainer.fit(on_evaluate=on_evaluate)
+        except optuna.TrialPruned:
+            log(f"trial {trial.number}: {values} pruned")
+            raise
+        trial.set_user_attr("test_accuracy_at_best_val", result.test_accuracy_at_best_val)  # for the record
+        log(f"trial {trial.number}: {values} best validation {result.best_val_accuracy:.4f}")
+        return result.best_val_accuracy
+
+    todo = max(0, trials - _finished(study))
+    if todo:
+        log(f"study {study_name!r} in {storage}: {_finished(study)} finished trials, running {todo} more")
+        # A diverging trial (NaN loss at a large β) fails alone; the search goes on.
+        study.optimize(objective, n_trials=todo, catch=(FloatingPointError,))
+    best = study.best_trial
+    best_cfg = cfg.replace(**best.params)
+    cfg_path = out / "best.yaml"
+    cfg_path.write_text(
+        f"# best of {_finished(study)} trials of study {study_name!r} (validation accuracy {best.value:.4f}, "
+        f"trial {best.number})\n" + yaml.safe_dump(best_cfg.to_dict(), sort_keys=False)
+    )
+    test = best.user_attrs.get("test_accuracy_at_best_val")
+    return TuneResult(dict(best.params), float(best.value), best.number, best.user_attrs.get("run_dir", ""),
+                      None if test is None or math.isnan(test) else float(test), _finished(study), cfg_path, study)
+
+
+def _trial_count(name: str, storage: str) -> int:
+    import optuna
+
+    try:
+        return len(optuna.load_study(study_name=name, storage=storage).trials)
+    except KeyError:  # no such study yet
+        return 0
