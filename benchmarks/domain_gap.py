@@ -32,9 +32,9 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
-from supercm.config import from_dict  # noqa: E402
-from supercm.data import DOMAIN_PAIRS, ArrayDataset, load_domain_pair  # noqa: E402
-from supercm.train import Trainer, evaluate  # noqa: E402
+from supercm.config import from_dict
+from supercm.data import DOMAIN_PAIRS, ArrayDataset, load_domain_pair
+from supercm.train import Trainer, evaluate
 
 
 def config(labels: int, iterations: int, seed: int):
@@ -119,7 +119,7 @@ def main() -> int:
     print("\n| pair | source → source test | source-only → target test | target-trained → target test | gap |")
     print("|---|---|---|---|---|")
     for r in rows:
-        f = lambda m: f"{100 * m[0]:.1f} ± {100 * m[1]:.1f}"  # noqa: E731
+        f = lambda m: f"{100 * m[0]:.1f} ± {100 * m[1]:.1f}"
         gap = 100 * (r["target_trained"][0] - r["source_only"][0])
         print(
             f"| {r['pair']} | {f(r['source_on_source_test'])} | {f(r['source_only'])} | {f(r['target_trained'])} | {gap:.1f} |"
