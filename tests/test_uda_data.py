@@ -9,6 +9,8 @@ and the messages of a checksum mismatch and of a missing dataset.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -31,7 +33,7 @@ def fake_mnist():
 
 
 def _fonts():
-    fonts = domains.font_files(__import__("pathlib").Path("/"))
+    fonts = domains.font_files(Path("/"))
     if not fonts:
         pytest.skip("no TrueType fonts under /usr/share/fonts/truetype")
     return fonts[:3]

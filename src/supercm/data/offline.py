@@ -14,7 +14,12 @@
     ``/usr/share/datasets/fashion-mnist`` are copied instead). Cached as the four
     original gzipped idx files in ``ROOT/fashion_mnist/``.
 
-Both are served as (N, 3, 28, 28) float32 in [−1, 1] (``x/127.5 − 1``, the gray
+``mnistm_style``, ``optdigits``, ``synth_digits``
+    Generated from registry packages (mnist10k + scikit-learn's photos, scikit-learn's
+    optdigits, Debian font packages) by :mod:`supercm.data.domains`, which documents them;
+    ``fetch`` dispatches there. Cached as ``ROOT/NAME/NAME.npz``.
+
+mnist10k and Fashion-MNIST are served as (N, 3, 28, 28) float32 in [−1, 1] (``x/127.5 − 1``, the gray
 channel replicated like MNIST's), with augment ``{"crop_pad": 2}``. A missing
 dataset raises :class:`DatasetMissingError` naming ``supercm fetch-data NAME --root ROOT``.
 
