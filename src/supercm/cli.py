@@ -21,7 +21,13 @@ class UsageError(ValueError):
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import BETAS, run_demo
+    from .demo import BETAS, run_demo, run_uda_demo
+
+    if args.which == "uda":
+        if args.betas:
+            raise UsageError("demo uda takes no --betas: it runs source only, DANN and DANN + SuperCM (β 0.3)")
+        run_uda_demo(seeds=args.seeds or 3, iterations=args.iterations, workers=args.workers, root=args.root)
+        return 0
 
     betas = tuple(args.betas) if args.betas else BETAS
     bad = [b for b in betas if not (b > 0 and b != float("inf"))]
@@ -29,7 +35,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         raise UsageError(
             f"demo --betas must be finite values > 0, got {bad[0]:g} (β = 0, the CE baseline, is always run beside them)"
         )
-    run_demo(seeds=args.seeds, betas=betas, iterations=args.iterations, workers=args.workers)
+    run_demo(seeds=args.seeds or 5, betas=betas, iterations=args.iterations, workers=args.workers)
     return 0
 
 
@@ -205,8 +211,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="show the full traceback of an error (also SUPERCM_DEBUG=1)")
     sub = p.add_subparsers(dest="command", required=True)
 
-    d = sub.add_parser("demo", help="CE vs SuperCM on the built-in digits, several seeds (under 2 minutes)")
-    d.add_argument("--seeds", type=_positive_int, default=5, help="number of seeds (default 5)")
+    d = sub.add_parser("demo", help="CE vs SuperCM on the built-in digits, several seeds (under 2 minutes); "
+                                    "'demo uda': source only vs DANN vs DANN + SuperCM on MNIST → MNIST-M-style")
+    d.add_argument("which", nargs="?", choices=["ssl", "uda"], default="ssl",
+                   help="ssl (default): the digits table; uda: the domain-adaptation table (fetches its data once)")
+    d.add_argument("--seeds", type=_positive_int, help="number of seeds (default 5; uda: 3)")
+    d.add_argument("--root", help="data root for 'demo uda' (default $SUPERCM_DATA or ~/.cache/supercm/data)")
     d.add_argument("--betas", type=float, nargs="+", help="β values > 0 to choose from on validation")
     d.add_argument("--iterations", type=_positive_int, help="training iterations per run")
     d.add_argument("--workers", type=_positive_int, help="parallel processes (default: one per CPU core)")

@@ -662,10 +662,25 @@ def _to_tensor(images: np.ndarray) -> torch.Tensor:
 
 
 def _load_npz(name: str, root) -> dict[str, np.ndarray]:
+    """The cached arrays of a generated dataset, checked against the recorded digests (unless the
+    cache was built with a recorded mismatch); a bad file is a one-line error naming the repair."""
+    from .base import DatasetCorruptError
+
     root = _resolve_root(root)
     folder = _require(name, root)
-    with np.load(folder / f"{name}.npz") as npz:
-        return {k: npz[k] for k in npz.files}
+    path = folder / f"{name}.npz"
+    repair = f"repair the cache with: supercm fetch-data {name} --root {root} --force"
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except Exception as exc:  # BadZipFile, a pickled object, a truncated member...
+        raise DatasetCorruptError(f"{path} is corrupt ({type(exc).__name__}: {exc}); {repair}") from None
+    expected = EXPECTED_SHA256[name].get("arrays", {})
+    if expected and not (folder / "mismatch.json").exists():
+        bad = sorted(k for k in expected if k not in arrays or sha256_array(arrays[k]) != expected[k])
+        if bad:
+            raise DatasetCorruptError(f"{path} does not match its recorded SHA-256 digests ({', '.join(bad)}); {repair}")
+    return arrays
 
 
 def _dataset(name: str, arrays: dict[str, np.ndarray]) -> ArrayDataset:
