@@ -229,3 +229,14 @@ def test_missing_dataset_names_the_fetch_command(tmp_path, pair, missing):
 def test_unknown_pair():
     with pytest.raises(ValueError, match="unknown domain pair"):
         load_domain_pair("mnistm_style", "mnist10k")
+
+
+def test_fetch_over_a_corrupt_generated_cache_names_the_repair(tmp_path, capsys):
+    from supercm.cli import main
+
+    folder = tmp_path / "mnistm_style"
+    folder.mkdir()
+    (folder / "mnistm_style.npz").write_bytes(b"not a zip file")
+    assert main(["fetch-data", "mnistm_style", "--root", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "is corrupt" in err and "--force" in err

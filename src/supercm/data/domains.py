@@ -661,9 +661,10 @@ def _to_tensor(images: np.ndarray) -> torch.Tensor:
     return to_unit_range(x.contiguous())
 
 
-def _load_npz(name: str, root) -> dict[str, np.ndarray]:
-    """The cached arrays of a generated dataset, checked against the recorded digests (unless the
-    cache was built with a recorded mismatch); a bad file is a one-line error naming the repair."""
+def _load_npz(name: str, root, verify: bool = False) -> dict[str, np.ndarray]:
+    """The cached arrays of a generated dataset; a bad file is a one-line error naming the repair.
+    ``verify`` (``supercm fetch-data`` over an existing cache) also checks them against the recorded
+    digests, unless the cache was built with a recorded mismatch."""
     from .base import DatasetCorruptError
 
     root = _resolve_root(root)
@@ -676,7 +677,7 @@ def _load_npz(name: str, root) -> dict[str, np.ndarray]:
     except Exception as exc:  # BadZipFile, a pickled object, a truncated member...
         raise DatasetCorruptError(f"{path} is corrupt ({type(exc).__name__}: {exc}); {repair}") from None
     expected = EXPECTED_SHA256[name].get("arrays", {})
-    if expected and not (folder / "mismatch.json").exists():
+    if verify and expected and not (folder / "mismatch.json").exists():
         bad = sorted(k for k in expected if k not in arrays or sha256_array(arrays[k]) != expected[k])
         if bad:
             raise DatasetCorruptError(f"{path} does not match its recorded SHA-256 digests ({', '.join(bad)}); {repair}")

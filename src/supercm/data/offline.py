@@ -331,7 +331,7 @@ def read_cache(name: str, root: str | os.PathLike | None = None) -> dict[str, np
     if name in GENERATED:
         from .domains import _load_npz
 
-        return _load_npz(name, root)
+        return _load_npz(name, root, verify=True)
     folder = _require(name, root)
     if name == "mnist10k":
         path = folder / _MNIST10K_FILE
