@@ -289,3 +289,20 @@ def test_tsne_places_the_centroids_among_their_classes():
     for k, c in enumerate(cpts):
         nearest = np.argsort(((pts - c) ** 2).sum(1))[:10]
         assert (labels[nearest] == k).mean() >= 0.9
+
+
+def test_pad_of_a_domain_adaptation_run_uses_its_own_source_and_target(tmp_path, capsys):
+    """A UDA run's domains are its source and target test sets (here digits → digits: PAD ≈ 0)."""
+    run = tmp_path / "uda"
+    assert main(["train", "data.name=digits", "data.target=digits", "data.num_validation=50", "method.name=dann",
+                 "model.options={width: 16, depth: 1}", "train.iterations=20", "train.eval_every=10",
+                 "train.batch_labeled=16", "train.batch_unlabeled=16", "train.progress=false",
+                 "train.tensorboard=false", "--run-dir", str(run)]) == 0
+    out_json = tmp_path / "pad.json"
+    assert main(["pad", str(run), "--repeats", "2", "--json", str(out_json)]) == 0
+    r = json.loads(out_json.read_text())["run"]
+    assert r["source"] == "digits test (source)" and r["target"] == "digits test (target)"
+    assert 0.0 <= r["pad_mean"] < 0.3
+    capsys.readouterr()
+    assert main(["pad", str(run), "--target", "digits"]) == 2
+    assert "drop --target" in capsys.readouterr().err

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from ..cm import ClusteringModule
 from ..config import Config, from_dict
-from ..data import ArrayDataset, SSLSplit, load_dataset
+from ..data import ArrayDataset, DomainPair, SSLSplit, joined_training_set, load_dataset, load_uda
 from ..models import CMClassifier, build_backbone
 from ..train import BEST_MODEL, CHECKPOINT, CONFIG, SPLIT
 
@@ -36,6 +36,7 @@ class LoadedRun:
     model: CMClassifier
     checkpoint: str
     iteration: int
+    pair: DomainPair | None = None  # domain adaptation: the run's source and target
 
     @property
     def name(self) -> str:
@@ -66,7 +67,12 @@ def load_run(run_dir: str | Path, *, data_root: str | None = None, which: str = 
     run_dir = Path(run_dir)
     cfg = read_config(run_dir)
     kw = dict(cfg.data.options)
-    data = load_dataset(cfg.data.name, data_root or cfg.data.root, **kw)
+    pair = None
+    if cfg.data.target is not None:  # domain adaptation: the trainer's [source ; target] set
+        pair = load_uda(cfg.data.name, cfg.data.target, data_root or cfg.data.root)
+        data = joined_training_set(pair)
+    else:
+        data = load_dataset(cfg.data.name, data_root or cfg.data.root, **kw)
     split = SSLSplit.load(run_dir / SPLIT)
     model = build_model(cfg, data)
     names = [BEST_MODEL, CHECKPOINT] if which == "best" else [CHECKPOINT]
@@ -77,7 +83,7 @@ def load_run(run_dir: str | Path, *, data_root: str | None = None, which: str = 
             _warn_if_not_the_reported_model(run_dir, name, int(state["iteration"]))
             model.load_state_dict(state["model"])
             model.eval()
-            return LoadedRun(run_dir, cfg, data, split, model, name, int(state["iteration"]))
+            return LoadedRun(run_dir, cfg, data, split, model, name, int(state["iteration"]), pair)
     raise FileNotFoundError(f"{run_dir} holds no trained weights ({' or '.join(names)})")
 
 
@@ -166,12 +172,15 @@ def run_domains(run: LoadedRun, target: str | None = None, *, data_root: str | N
     * SSL run, ``target`` a dataset name: the run's test images vs every image (train and test) of
       that dataset, which must have the run's input shape (``resize=True``: bring it there with
       :func:`to_input_shape`);
-    * UDA runs (source and target in the config): not yet; they will return the run's own
-      source and target images here.
+    * domain-adaptation runs (``data.target`` set): the source's test images vs the target's test
+      images (both held out of training; ``target`` must not be given).
     """
     data = run.data
-    if getattr(run.cfg.data, "target", None) is not None:  # the hook for UDA runs
-        raise NotImplementedError("UDA runs are not supported yet by supercm pad")
+    if run.pair is not None:
+        if target is not None:
+            raise ValueError(f"{run.run_dir} is a domain-adaptation run: its domains are its own source and target; drop --target")
+        s, t = run.pair.source, run.pair.target
+        return Domains(s.test_x, t.test_x, f"{run.cfg.data.name} test (source)", f"{run.cfg.data.target} test (target)")
     if target is None:
         train_idx = torch.cat([run.split.labeled, run.split.unlabeled])
         return Domains(data.train_x[train_idx], data.test_x, f"{data.name} train", f"{data.name} test")
