@@ -1,0 +1,282 @@
+"""Image datasets from disk (issue 12): every layout and list format on small trees written here,
+the decoded uint8 cache, batched RandomResizedCrop, the ResNet backbones with weights from a file,
+and one CPU run folder → cache → ResNet-18 → DANN + SuperCM."""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from supercm.config import ConfigError, from_dict
+from supercm.data import DATASETS, BadImageError, DatasetLayoutError, load_dataset, load_uda
+from supercm.data.augment import Augment
+from supercm.data.images import OFFICEHOME_CLASSES, decode_images, read_image_list
+from supercm.models import ImageInput, build_backbone
+from supercm.train import CLASSES, Trainer
+
+SIZE, CROP = 20, 16
+
+
+def write_image(path: Path, label: int, seed: int, fmt: str | None = None) -> None:
+    """A small image whose colour says its class (so a tiny run can learn), with noise."""
+    rng = np.random.default_rng(seed)
+    colour = np.array([(label * 70) % 256, (label * 130 + 40) % 256, (label * 200 + 90) % 256])
+    pixels = np.clip(colour + rng.normal(0, 20, (24, 30, 3)), 0, 255).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path, format=fmt)
+
+
+def truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 3])
+
+
+def opts(tmp_path, **kw):
+    return {"size": SIZE, "crop": CROP, "cache_dir": str(tmp_path / "cache"), "progress": False, "workers": 2, **kw}
+
+
+# --------------------------------------------------------------------------- layouts
+
+
+def office31_folders(root: Path, domain: str = "amazon", per_class: int = 2, classes=("back_pack", "bike", "mug")):
+    for c in classes:
+        for i in range(per_class):
+            write_image(root / "office31" / domain / "images" / c / f"frame_{i:04d}.jpg", len(c), i)
+
+
+def test_office31_folder_layout_labels_follow_the_benchmark_class_list(tmp_path):
+    office31_folders(tmp_path)
+    ds = load_dataset("office31_amazon", str(tmp_path), **opts(tmp_path))
+    assert ds.num_classes == 31 and len(ds.classes) == 31
+    assert ds.train_x.dtype == torch.uint8 and ds.train_x.shape == (6, 3, SIZE, SIZE)
+    want = sorted([ds.classes.index(c) for c in ("back_pack", "bike", "mug")] * 2)
+    assert ds.train_y.tolist() == want
+    assert ds.test_x is ds.train_x  # the field's transductive protocol: a domain's test set is all its images
+    assert ds.augment == {"resized_crop": CROP, "flip": True} and ds.input_transform["crop"] == CROP
+
+
+def test_officehome_official_archive_real_world_with_a_space_and_list_order(tmp_path):
+    base = tmp_path / "OfficeHomeDataset_10072016"
+    # Folder layout of the official archive: "Real World" with its space.
+    for c in ("Alarm_Clock", "Drill"):
+        for i in range(2):
+            write_image(base / "Real World" / c / f"{i:05d}.jpg", len(c), i)
+    ds = load_dataset("officehome_real_world", str(tmp_path), **opts(tmp_path))
+    assert ds.classes == list(OFFICEHOME_CLASSES) and ds.classes[0] == "Drill"  # not alphabetical
+    assert sorted(set(ds.train_y.tolist())) == [0, OFFICEHOME_CLASSES.index("Alarm_Clock")]
+    # The same domain read from a list in the official (non-alphabetical) order, a path with a space.
+    lines = [f"Real World/Drill/0000{i}.jpg 0" for i in range(2)]
+    lines += [f"Real World/Alarm_Clock/0000{i}.jpg {OFFICEHOME_CLASSES.index('Alarm_Clock')}" for i in range(2)]
+    (base / "image_list").mkdir()
+    (base / "image_list" / "Real_World.txt").write_text("\n".join(lines) + "\n")
+    listed = load_dataset("officehome_real_world", str(tmp_path), **opts(tmp_path, layout="list"))
+    assert sorted(listed.train_y.tolist()) == sorted(ds.train_y.tolist())
+
+
+def test_a_list_contradicting_its_class_folders_is_refused(tmp_path):
+    base = tmp_path / "officehome"
+    write_image(base / "Art" / "Alarm_Clock" / "1.jpg", 0, 0)
+    (base / "image_list").mkdir(parents=True)
+    (base / "image_list" / "Art.txt").write_text("Art/Alarm_Clock/1.jpg 0\n")  # alphabetical label: wrong
+    with pytest.raises(DatasetLayoutError, match="official list order"):
+        load_dataset("officehome_art", str(tmp_path), **opts(tmp_path))
+
+
+def test_image_lists_spaces_absolute_relocated_comments_and_png(tmp_path):
+    base = tmp_path / "image_CLEF"
+    write_image(base / "c" / "113 0001.png", 0, 1, "PNG")  # a space in the file name
+    write_image(base / "c" / "114_0002.jpg", 1, 2)
+    write_image(base / "c" / "115_0003.jpg", 2, 3)
+    (base / "list").mkdir(parents=True)
+    (base / "list" / "cList.txt").write_text(
+        "# comment\n"
+        "c/113 0001.png 0\n"                                       # relative to the dataset folder
+        f"{base / 'c' / '114_0002.jpg'} 1\n"                       # absolute, exists
+        "/data/someone/imageCLEF/c/115_0003.jpg   11\n\n"          # absolute from another machine: relocated
+    )
+    ds = load_dataset("imageclef_c", str(tmp_path), **opts(tmp_path))
+    assert ds.num_classes == 12 and ds.train_y.tolist() == [0, 1, 11]
+
+
+@pytest.mark.parametrize("text,match", [("c/a.jpg\n", "malformed"), ("c/a.jpg zero\n", "malformed"),
+                                        ("c/missing.jpg 0\n", "not found"), ("c/a.jpg 12\n", "outside")])
+def test_malformed_lists_are_one_clear_error(tmp_path, text, match):
+    base = tmp_path / "image_CLEF"
+    write_image(base / "c" / "a.jpg", 0, 0)
+    (base / "list").mkdir(parents=True)
+    (base / "list" / "cList.txt").write_text(text)
+    with pytest.raises(DatasetLayoutError, match=match):
+        load_dataset("imageclef_c", str(tmp_path), **opts(tmp_path))
+
+
+def test_office_caltech_and_a_missing_dataset_names_the_layout(tmp_path):
+    for c in ("projector", "back_pack"):
+        write_image(tmp_path / "office_caltech_10" / "caltech" / c / "1.jpg", len(c), 0)
+    ds = load_dataset("office_caltech_caltech", str(tmp_path), **opts(tmp_path))
+    assert ds.num_classes == 10 and ds.train_y.tolist() == [0, 9]
+    with pytest.raises(DatasetLayoutError, match="office31/amazon/images/back_pack"):
+        load_dataset("office31_amazon", str(tmp_path / "nowhere"), **opts(tmp_path))
+    with pytest.raises(DatasetLayoutError, match="no folder for domain 'webcam'"):
+        load_dataset("office_caltech_webcam", str(tmp_path), **opts(tmp_path))
+    (tmp_path / "office_caltech_10" / "dslr" / "not_a_class").mkdir(parents=True)
+    with pytest.raises(DatasetLayoutError, match="not classes of this dataset"):
+        load_dataset("office_caltech_dslr", str(tmp_path), **opts(tmp_path))
+
+
+# --------------------------------------------------------------------------- bad images + cache
+
+
+def test_truncated_images_fail_by_path_or_are_skipped_with_a_warning(tmp_path):
+    office31_folders(tmp_path, "webcam")
+    bad = tmp_path / "office31" / "webcam" / "images" / "mug" / "frame_0001.jpg"
+    truncate(bad)
+    with pytest.raises(BadImageError, match="frame_0001.jpg"):
+        load_dataset("office31_webcam", str(tmp_path), **opts(tmp_path))
+    with pytest.warns(UserWarning, match=r"left out 1 of 6 .*frame_0001.jpg"):
+        ds = load_dataset("office31_webcam", str(tmp_path), **opts(tmp_path, bad_images="skip"))
+    assert ds.train_x.shape[0] == 5 and ds.train_y.shape[0] == 5
+
+
+def test_cache_is_reused_and_keyed_by_files_and_size(tmp_path):
+    paths = []
+    for i in range(3):
+        p = tmp_path / "imgs" / f"{i}.jpg"
+        write_image(p, i, i)
+        paths.append(p)
+    cache = tmp_path / "cache"
+    x1, kept = decode_images(paths, 12, cache_dir=cache, progress=False)
+    assert kept == [0, 1, 2] and x1.shape == (3, 3, 12, 12)
+    assert len(list(cache.glob("*.npy"))) == 1 and not list(cache.glob(".*tmp"))
+    # Reused: a cache hit does not open the images (a corrupted file would fail to decode).
+    x2, _ = decode_images(paths, 12, cache_dir=cache, progress=False)
+    assert torch.equal(x1, x2)
+    decode_images(paths, 10, cache_dir=cache, progress=False)  # another size: another entry
+    write_image(paths[0], 5, 9)  # another file content (size/mtime): another entry
+    decode_images(paths, 12, cache_dir=cache, progress=False)
+    assert len(list(cache.glob("*.npy"))) == 3
+    # The decode matches Pillow's bilinear resize of the RGB image.
+    ref = np.asarray(Image.open(paths[1]).convert("RGB").resize((12, 12), Image.BILINEAR)).transpose(2, 0, 1)
+    assert torch.equal(x1[1], torch.from_numpy(np.ascontiguousarray(ref)))
+
+
+# --------------------------------------------------------------------------- image_folder
+
+
+def user_folders(root: Path, classes=("cat", "dog"), per_class=6):
+    for k, c in enumerate(classes):
+        for i in range(per_class):
+            write_image(root / "src" / c / f"{c} {i}.jpg", k, i)  # spaces in the names
+            write_image(root / "tgt" / "any" / "depth" / f"{c}{i}.png", k, 100 + i, "PNG")
+    (root / "src" / "empty_class").mkdir()
+
+
+def test_image_folder_uda_and_ssl(tmp_path):
+    user_folders(tmp_path)
+    o = opts(tmp_path, source=str(tmp_path / "src"), target=str(tmp_path / "tgt"))
+    with pytest.warns(UserWarning, match="empty_class"):
+        pair = load_uda("image_folder", "image_folder", str(tmp_path), **o)
+    assert pair.source.classes == ["cat", "dog"] and pair.source.num_classes == 2
+    assert pair.target.train_x.shape[0] == 12 and (pair.target.train_y == -1).all()
+    assert pair.target.test_x.shape[0] == 0  # no labelled target images: no target test accuracy
+    with pytest.raises(ValueError, match="set data.target: image_folder"):
+        load_dataset("image_folder", str(tmp_path), **o)
+    # SSL from one labelled folder, with a labelled list as its test set (relative paths).
+    (tmp_path / "test.txt").write_text("src/dog/dog 0.jpg 1\nsrc/cat/cat 1.jpg 0\n")
+    with pytest.warns(UserWarning):
+        ssl = load_dataset("image_folder", str(tmp_path), **opts(tmp_path, source="src", test="test.txt"))
+    assert ssl.train_x.shape[0] == 12 and ssl.test_y.tolist() == [1, 0]
+
+
+# --------------------------------------------------------------------------- augmentation + input stage
+
+
+def test_resized_crop_is_seeded_in_range_and_the_input_stage_centre_crops():
+    x = torch.randint(0, 256, (8, 3, SIZE, SIZE), dtype=torch.uint8)
+    aug = Augment(resized_crop=CROP, flip=True)
+    a = aug(x, torch.Generator().manual_seed(3))
+    b = aug(x, torch.Generator().manual_seed(3))
+    assert a.shape == (8, 3, CROP, CROP) and a.dtype == torch.float32 and torch.equal(a, b)
+    assert 0 <= float(a.min()) and float(a.max()) <= 1
+    assert not torch.equal(a, aug(x, torch.Generator().manual_seed(4)))
+    stage = ImageInput(CROP, [0.5, 0.5, 0.5], [0.25, 0.25, 0.25])
+    out = stage(x)
+    off = (SIZE - CROP) // 2
+    assert torch.allclose(out, (x[..., off:off + CROP, off:off + CROP].float() / 255 - 0.5) / 0.25)
+    assert stage(a).shape == a.shape
+
+
+# --------------------------------------------------------------------------- backbones
+
+
+def test_resnet_weights_from_a_file_and_a_missing_file_is_one_line(tmp_path):
+    import torchvision
+
+    ref = torchvision.models.resnet18(weights=None)
+    path = tmp_path / "r18.pth"
+    torch.save(ref.state_dict(), path)
+    net = build_backbone("resnet18", (3, 32, 32), weights=str(path), bottleneck=16)
+    assert torch.equal(net.pretrained.conv1.weight, ref.conv1.weight) and net.out_features == 16
+    net.eval()
+    assert net(torch.randn(2, 3, 32, 32)).shape == (2, 16)
+    with pytest.raises(ValueError, match="no such file") as err:
+        build_backbone("resnet18", (3, 32, 32), weights=str(tmp_path / "missing.pth"))
+    assert "\n" not in str(err.value)
+    assert build_backbone("resnet18", (3, 32, 32), weights="none", bottleneck=0).out_features == 512
+
+
+def test_imagenet_weights_offline_say_how_to_get_them(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    with pytest.raises(ValueError, match=r"resnet50-0676ba61\.pth.*IMAGENET1K_V2") as err:
+        build_backbone("resnet50", (3, 224, 224))
+    assert "\n" not in str(err.value)
+
+
+# --------------------------------------------------------------------------- the whole path on the CPU
+
+
+def test_folder_to_resnet18_dann_supercm_run_records_classes_and_trains_bottleneck_at_full_lr(tmp_path):
+    import torchvision
+
+    user_folders(tmp_path, per_class=8)
+    for c, k in (("cat", 0), ("dog", 1)):  # a labelled target test set
+        for i in range(3):
+            write_image(tmp_path / "tgt_test" / c / f"{i}.jpg", k, 200 + i)
+    weights = tmp_path / "r18.pth"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)
+    cfg = from_dict({
+        "data": {"name": "image_folder", "target": "image_folder", "num_validation": 4,
+                 "options": {**opts(tmp_path, size=40, crop=32), "source": str(tmp_path / "src"),
+                             "target": str(tmp_path / "tgt"), "test": str(tmp_path / "tgt_test")}},
+        "model": {"backbone": "resnet18", "options": {"weights": str(weights), "bottleneck": 32}},
+        "method": {"name": "dann", "options": {"hidden": 16}},
+        "cm": {"beta": 0.1},
+        "optim": {"name": "sgd", "lr": 0.01, "schedule": "annealed", "backbone_lr_mult": 0.1, "weight_decay": 1e-3},
+        "train": {"iterations": 4, "batch_labeled": 4, "batch_unlabeled": 4, "eval_every": 2, "device": "cpu",
+                  "progress": False, "tensorboard": False, "ema_decay": 0.0},
+    })
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer = Trainer(cfg, tmp_path / "run")
+    lrs = {id(p): g["lr"] for g in trainer.optimizer.param_groups for p in g["params"]}
+    bb = trainer.model.backbone
+    assert lrs[id(bb.pretrained.conv1.weight)] == pytest.approx(0.001)
+    assert lrs[id(bb.bottleneck[0].weight)] == pytest.approx(0.01)
+    assert lrs[id(trainer.model.head.encoder.weight)] == pytest.approx(0.01)
+    result = trainer.fit()
+    assert json.loads((tmp_path / "run" / CLASSES).read_text()) == ["cat", "dog"]
+    assert math.isfinite(result.final_test_accuracy) and result.iterations == 4
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["final_test_accuracy"] is not None
+
+
+def test_unknown_image_option_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="data.options.sizes"):
+        from_dict({"data": {"name": "office31_amazon", "target": "office31_webcam", "options": {"sizes": 3}}})
+    assert "office31_amazon" in DATASETS and "officehome_real_world" in DATASETS and "imageclef_p" in DATASETS
