@@ -280,3 +280,71 @@ def test_unknown_image_option_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="data.options.sizes"):
         from_dict({"data": {"name": "office31_amazon", "target": "office31_webcam", "options": {"sizes": 3}}})
     assert "office31_amazon" in DATASETS and "officehome_real_world" in DATASETS and "imageclef_p" in DATASETS
+
+
+def _r18_weights(tmp_path: Path) -> Path:
+    import torchvision
+
+    path = tmp_path / "r18.pth"
+    if not path.exists():
+        torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
+    return path
+
+
+def test_a_shipped_office_config_runs_end_to_end_on_a_generated_tree(tmp_path):
+    """configs/uda/office31-A-to-W-dann-cm.yaml as shipped, with a generated Office-31 (2 images per
+    class per domain) and only the scale overridden: ResNet-18 from a weights file at 32 px, 4 iterations."""
+    import yaml
+
+    from supercm.config import load_config
+
+    from supercm.data.images import OFFICE31_CLASSES
+
+    for domain in ("amazon", "webcam"):
+        for k, c in enumerate(OFFICE31_CLASSES):
+            for i in range(2):
+                write_image(tmp_path / "data" / "office31" / domain / "images" / c / f"frame_{i:04d}.jpg", k, i)
+    root = Path(__file__).resolve().parent.parent
+    cfg = load_config(root / "configs" / "uda" / "office31-A-to-W-dann-cm.yaml", [
+        f"data.root={tmp_path / 'data'}", "data.num_validation=31",
+        "data.options=" + json.dumps(opts(tmp_path, size=40, crop=32)),
+        "model.backbone=resnet18", "model.options=" + json.dumps({"weights": str(_r18_weights(tmp_path)), "bottleneck": 32}),
+        "train.iterations=4", "train.eval_every=2", "train.checkpoint_every=2", "train.batch_labeled=4",
+        "train.batch_unlabeled=4", "train.device=cpu", "train.progress=false", "train.tensorboard=false",
+    ])
+    assert cfg.method.name == "dann" and cfg.cm.beta > 0 and cfg.optim.backbone_lr_mult == 0.1
+    result = Trainer(cfg, tmp_path / "run").fit()
+    assert result.iterations == 4 and math.isfinite(result.final_test_accuracy)
+    assert json.loads((tmp_path / "run" / CLASSES).read_text()) == list(OFFICE31_CLASSES)
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["data"]["name"] == "office31_amazon"
+
+
+def test_image_run_resumes_exactly(tmp_path):
+    """The uint8 cache + on-device RandomResizedCrop path draws from checkpointed generators only."""
+    import yaml
+
+    user_folders(tmp_path, per_class=4)
+    cfg = from_dict({
+        "data": {"name": "image_folder", "target": "image_folder", "num_validation": 2,
+                 "options": {**opts(tmp_path, size=24, crop=16), "source": str(tmp_path / "src"),
+                             "target": str(tmp_path / "tgt")}},
+        "model": {"backbone": "cnn", "options": {"width": 4, "convs_per_block": 1}},
+        "method": {"name": "dann", "options": {"hidden": 8}},
+        "cm": {"beta": 0.2},
+        "optim": {"name": "sgd", "lr": 0.01, "schedule": "annealed"},
+        "train": {"iterations": 6, "checkpoint_every": 3, "eval_every": 3, "log_every": 1, "batch_labeled": 3,
+                  "batch_unlabeled": 3, "device": "cpu", "progress": False, "tensorboard": False, "ema_decay": 0.0},
+    })
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        full = Trainer(cfg, tmp_path / "full")
+        full.fit()
+        Trainer(cfg.replace(**{"train.iterations": 3}), tmp_path / "half").fit()
+        (tmp_path / "half" / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
+        resumed = Trainer.resume(tmp_path / "half")
+        resumed.fit()
+    assert (tmp_path / "full" / "metrics.jsonl").read_text() == (tmp_path / "half" / "metrics.jsonl").read_text()
+    for a, b in zip(full.model.state_dict().values(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b)
+    # No target test set was given: the target test accuracy does not exist and is reported as null.
+    assert json.loads((tmp_path / "full" / "summary.json").read_text())["final_test_accuracy"] is None
