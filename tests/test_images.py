@@ -348,3 +348,22 @@ def test_image_run_resumes_exactly(tmp_path):
         assert torch.equal(a, b)
     # No target test set was given: the target test accuracy does not exist and is reported as null.
     assert json.loads((tmp_path / "full" / "summary.json").read_text())["final_test_accuracy"] is None
+
+
+def test_eval_pass_centroids_go_through_the_input_stage(tmp_path):
+    """cm.features=eval_pass recomputes labeled features from the raw (uint8) batch: it must pass the
+    model's input stage, like every other forward."""
+    user_folders(tmp_path, per_class=3)
+    cfg = from_dict({
+        "data": {"name": "image_folder", "target": "image_folder", "num_validation": 0,
+                 "options": {**opts(tmp_path, size=24, crop=16), "source": str(tmp_path / "src"),
+                             "target": str(tmp_path / "tgt")}},
+        "model": {"backbone": "resnet18", "options": {"weights": "none", "bottleneck": 8}},
+        "cm": {"beta": 0.2, "features": "eval_pass"},
+        "train": {"iterations": 1, "batch_labeled": 2, "batch_unlabeled": 2, "device": "cpu", "progress": False,
+                  "tensorboard": False, "ema_decay": 0.0},
+    })
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t = Trainer(cfg, None)
+    assert math.isfinite(float(t.train_step()["cm"]))
