@@ -36,9 +36,9 @@ semi-supervised learning with a separate unlabeled folder: the trainer treats bo
 labeled image outside validation labeled, the unlabeled folder the unlabeled set). Without
 ``data.target`` the source folder alone is an SSL dataset split by ``data.num_labeled``.
 
-Pixels. Every image is decoded once (Pillow, RGB), resized to ``size × size`` (Pillow bilinear,
-antialiased: the field's ``Resize((256, 256))``) and kept as uint8 (N, 3, size, size) — Office-Home
-at 256 px is 3 GB, not the 9 GB of float32 at 224. The decoded array is cached under ``cache_dir``
+Pixels. Every image is decoded once (Pillow, RGB), resized to ``size × size`` with Pillow's
+default filter, bicubic (the field's ``ResizeImage(256)`` calls ``img.resize((256, 256))``), and
+kept as uint8 (N, 3, size, size) — Office-Home at 256 px is 3 GB, not the 9 GB of float32 at 224. The decoded array is cached under ``cache_dir``
 keyed by the SHA-256 of (every path, its byte size and modification time, ``size``, the resize
 method), written atomically, and reused by every later run and seed. Training batches get the
 field's transform on the device (:class:`~supercm.data.augment.Augment` ``resized_crop`` + ``flip``:
@@ -77,7 +77,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 #: Version of the cache format and of the decode/resize recipe; part of every cache key.
 CACHE_VERSION = 1
-RESIZE_METHOD = "PIL.Image.resize(BILINEAR, antialias) of convert('RGB')"
+RESIZE_METHOD = "PIL.Image.resize(BICUBIC) of convert('RGB')"
 BAD_IMAGES = ("fail", "skip")
 LAYOUTS = ("auto", "folders", "list")
 #: Environment variable naming the decoded-image cache folder.
@@ -433,11 +433,12 @@ def cache_key(paths: list[Path], size: int) -> str:
 
 
 def decode_one(path: Path, size: int) -> np.ndarray:
-    """One image as uint8 (3, size, size): RGB, resized with Pillow's antialiased bilinear filter."""
+    """One image as uint8 (3, size, size): RGB, resized with Pillow's bicubic filter (``Image.resize``'s
+    default, which the field's ``ResizeImage`` uses)."""
     from PIL import Image
 
     with Image.open(path) as im:
-        im = im.convert("RGB").resize((size, size), Image.BILINEAR)
+        im = im.convert("RGB").resize((size, size), Image.BICUBIC)
         return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1)
 
 
