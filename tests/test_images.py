@@ -367,3 +367,18 @@ def test_eval_pass_centroids_go_through_the_input_stage(tmp_path):
         warnings.simplefilter("ignore")
         t = Trainer(cfg, None)
     assert math.isfinite(float(t.train_step()["cm"]))
+
+
+def test_explicit_list_option_and_option_types(tmp_path):
+    office31_folders(tmp_path, "dslr")
+    lst = tmp_path / "my lists" / "d.txt"  # a space in the list's own folder name
+    lst.parent.mkdir()
+    lst.write_text("dslr/images/mug/frame_0000.jpg 17\ndslr/images/bike/frame_0001.jpg 1\n")
+    ds = load_dataset("office31_dslr", str(tmp_path), **opts(tmp_path, lists={"dslr": str(lst)}))
+    assert ds.train_y.tolist() == [17, 1] and ds.classes[17] == "mug"
+    cfg = from_dict({"data": {"name": "office31_dslr", "options": {"lists": {"dslr": "x.txt"}, "bad_images": "skip"}}})
+    assert cfg.data.options["lists"] == {"dslr": "x.txt"}
+    with pytest.raises(ConfigError, match="data.options.size"):
+        from_dict({"data": {"name": "office31_dslr", "options": {"size": "big"}}})
+    with pytest.raises(ValueError, match="bad_images must be one of fail, skip"):
+        load_dataset("office31_dslr", str(tmp_path), **opts(tmp_path, bad_images="ignore"))
