@@ -382,3 +382,23 @@ def test_explicit_list_option_and_option_types(tmp_path):
         from_dict({"data": {"name": "office31_dslr", "options": {"size": "big"}}})
     with pytest.raises(ValueError, match="bad_images must be one of fail, skip"):
         load_dataset("office31_dslr", str(tmp_path), **opts(tmp_path, bad_images="ignore"))
+
+
+def test_own_two_folders_train_dann_supercm_from_one_command(tmp_path, capsys):
+    from supercm.cli import main
+
+    user_folders(tmp_path, per_class=3)
+    root = Path(__file__).resolve().parent.parent
+    run = tmp_path / "run"
+    with pytest.warns(UserWarning, match="empty_class"):
+        rc = main(["train", str(root / "configs" / "uda" / "image_folder-dann-cm.yaml"),
+                   f"data.options.source={tmp_path / 'src'}", f"data.options.target={tmp_path / 'tgt'}",
+                   "data.options.size=40", "data.options.crop=32", f"data.options.cache_dir={tmp_path / 'cache'}",
+                   "data.options.progress=false", "model.backbone=resnet18",
+                   f"model.options.weights={_r18_weights(tmp_path)}", "train.iterations=2", "train.batch_labeled=2",
+                   "train.batch_unlabeled=2", "train.device=cpu", "train.progress=false", "train.tensorboard=false",
+                   "--run-dir", str(run)])
+    assert rc == 0, capsys.readouterr().err
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["iterations"] == 2 and summary["final_test_accuracy"] is None  # no labelled target images
+    assert json.loads((run / CLASSES).read_text()) == ["cat", "dog"]
