@@ -402,3 +402,27 @@ def test_own_two_folders_train_dann_supercm_from_one_command(tmp_path, capsys):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["iterations"] == 2 and summary["final_test_accuracy"] is None  # no labelled target images
     assert json.loads((run / CLASSES).read_text()) == ["cat", "dog"]
+
+
+def test_resized_crop_boxes_follow_random_resized_crop():
+    """Sampling a coordinate ramp recovers each crop box (bilinear interpolation and averaging are exact
+    on a linear function): integer positions inside the image, area fraction in [0.08, 1], aspect ratio
+    in [3/4, 4/3] (up to the rounding of width and height to pixels), as torchvision draws them."""
+    n, side, s = 400, 64, 16
+    ramp = torch.arange(side, dtype=torch.float32)
+    x = torch.stack([ramp.view(1, -1).expand(side, side), ramp.view(-1, 1).expand(side, side)]).expand(n, 2, side, side)
+    out = Augment(resized_crop=s)(x.contiguous(), torch.Generator().manual_seed(0))
+
+    def box(first, last):
+        size = (last - first) * s / (s - 1)
+        return first + 0.5 - size / (2 * s), size
+
+    left, bw = box(out[:, 0, 0, 0], out[:, 0, 0, -1])
+    top, bh = box(out[:, 1, 0, 0], out[:, 1, -1, 0])
+    for start, size in ((left, bw), (top, bh)):
+        assert (start > -0.3).all() and (start + size < side + 0.3).all()
+        assert (start - start.round()).abs().max() < 0.3 and (size - size.round()).abs().max() < 0.3
+    area = bw * bh / side**2
+    assert area.min() > 0.07 and area.max() < 1.01 and area.std() > 0.15
+    ratio = bw / bh
+    assert ratio.min() > 0.70 and ratio.max() < 1.40
