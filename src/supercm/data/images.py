@@ -34,7 +34,8 @@ list, in the source's classes; without it no target test accuracy exists and non
 ``data.name: image_folder`` with ``data.target: image_folder`` trains domain adaptation — or
 semi-supervised learning with a separate unlabeled folder: the trainer treats both alike (every
 labeled image outside validation labeled, the unlabeled folder the unlabeled set). Without
-``data.target`` the source folder alone is an SSL dataset split by ``data.num_labeled``.
+``data.target`` the source folder alone is an SSL dataset split by ``data.num_labeled``. Relative
+paths in these options are read from ``data.root`` (the working directory when it is unset).
 
 Pixels. Every image is decoded once (Pillow, RGB), resized to ``size × size`` with Pillow's
 default filter, bicubic (the field's ``ResizeImage(256)`` calls ``img.resize((256, 256))``), and
