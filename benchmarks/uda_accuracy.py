@@ -1,8 +1,14 @@
-"""Domain adaptation on the offline shifts: each pair × method × {without, with SuperCM} × seeds.
+"""Domain adaptation: each pair × method × {without, with SuperCM} × seeds, on the offline shifts
+or on the Office benchmarks (issue 12).
 
     supercm fetch-data all --root /tmp/supercm-data
     python benchmarks/uda_accuracy.py --data-root /tmp/supercm-data                       # every pair and method
     python benchmarks/uda_accuracy.py --pairs optdigits-to-mnist10k --methods source_only dann --seeds 3
+
+    # A whole Office benchmark on one GPU (ResNet-50, the field's protocol; configs/uda/office31-*.yaml),
+    # each run in its own folder under --run-root so a killed run resumes from its last checkpoint:
+    python benchmarks/uda_accuracy.py --benchmark office31 --data-root ~/data --run-root runs/office31 \
+        --out benchmarks/results/office31.jsonl
 
 Each run trains ``configs/uda/<pair>-<method>[-cm].yaml`` with a seed. Target test accuracy is
 reported under the three selection rules the trainer records, named in every table:
@@ -30,7 +36,13 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PAIRS = ("mnist10k-to-mnistm_style", "optdigits-to-mnist10k", "synth_digits-to-mnist10k", "mnist10k-to-optdigits")
+DIGIT_PAIRS = ("mnist10k-to-mnistm_style", "optdigits-to-mnist10k", "synth_digits-to-mnist10k", "mnist10k-to-optdigits")
+#: The Office benchmarks' tasks, as configs/generate.py writes them (``office31-A-to-W`` …).
+BENCHMARKS = ("office31", "officehome", "imageclef", "office_caltech")
+OFFICE_PAIRS = {b: tuple(sorted(p.name.removesuffix("-source_only.yaml")
+                                for p in (ROOT / "configs" / "uda").glob(f"{b}-*-to-*-source_only.yaml")))
+                for b in BENCHMARKS}
+PAIRS = DIGIT_PAIRS + tuple(p for b in BENCHMARKS for p in OFFICE_PAIRS[b])
 METHODS = ("source_only", "dann", "mcc", "bnm", "dann+mcc", "dann+bnm")
 RULES = (("best_validation", "source-val"), ("last", "last"), ("oracle_test_selected", "oracle (test-selected)"))
 
@@ -45,14 +57,18 @@ def _init_worker() -> None:
     torch.set_num_threads(1)
 
 
-def run_one(pair: str, method: str, cm: bool, seed: int, overrides: list[str]) -> dict:
+def run_one(pair: str, method: str, cm: bool, seed: int, overrides: list[str], run_root: str | None = None) -> dict:
     from supercm.config import load_config
-    from supercm.train import Trainer
+    from supercm.train import CHECKPOINT, Trainer
 
     path = config_path(pair, method, cm)
     cfg = load_config(path, [*overrides, f"train.seed={seed}", "train.progress=false", "train.tensorboard=false"])
     t0 = time.perf_counter()
-    result = Trainer(cfg, None).fit()
+    run_dir = None if run_root is None else Path(run_root) / f"{pair}-{method}{'-cm' if cm else ''}-seed{seed}"
+    if run_dir is not None and (run_dir / CHECKPOINT).exists():
+        result = Trainer.resume(run_dir).fit()  # a killed run continues from its last checkpoint
+    else:
+        result = Trainer(cfg, run_dir).fit()
     return {"pair": pair, "method": method, "cm": cm, "seed": seed, "config": str(path.relative_to(ROOT)),
             "overrides": overrides, "beta": cfg.cm.beta, "iterations": cfg.train.iterations,
             **result.to_dict(), "rules": result.selection_rules(), "wall_seconds": time.perf_counter() - t0}
@@ -72,6 +88,7 @@ def table(records: list[dict]) -> str:
     lines = ["Target test accuracy % (mean ± std over seeds) under each selection rule; gain = + SuperCM − base, "
              "paired by seed (wins/seeds, paired t-test p).", ""]
     pairs = [p for p in PAIRS if any(r["pair"] == p for r in records)]
+    pairs += sorted({r["pair"] for r in records} - set(pairs))
     methods = [m for m in METHODS if any(r["method"] == m for r in records)]
     for rule, label in RULES:
         lines += [f"**Rule: {label}**", "", "| pair | method | base | + SuperCM | gain | wins | p |", "|---|---|---|---|---|---|---|"]
@@ -90,21 +107,49 @@ def table(records: list[dict]) -> str:
                 else:
                     gain = wins = p = "–"
                 lines.append(f"| {pair} | {method} | {base} | {cm} | {gain} | {wins} | {p} |")
+        lines += _benchmark_averages(records, rule, methods)
         lines.append("")
     return "\n".join(lines)
 
 
+def _benchmark_averages(records: list[dict], rule: str, methods: list[str]) -> list[str]:
+    """One row per Office benchmark and method: the mean over its tasks of the per-task means (the
+    field's "avg" column), for the benchmarks whose every task has both arms."""
+    import statistics
+
+    rows = []
+    for bench in BENCHMARKS:
+        tasks = OFFICE_PAIRS[bench]
+        for method in methods:
+            means = {}
+            for cm in (False, True):
+                per_task = [[r["rules"][rule] for r in records if r["pair"] == t and r["method"] == method
+                             and r["cm"] == cm and r["rules"][rule] is not None] for t in tasks]
+                if tasks and all(per_task):
+                    means[cm] = statistics.fmean(statistics.fmean(v) for v in per_task)
+            if len(means) == 2:
+                rows.append(f"| {bench} avg ({len(tasks)} tasks) | {method} | {100 * means[False]:.2f} | "
+                            f"{100 * means[True]:.2f} | {100 * (means[True] - means[False]):+.2f} | – | – |")
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--pairs", nargs="+", default=list(PAIRS[:3]), choices=PAIRS)
+    ap.add_argument("--pairs", nargs="+", default=None, choices=PAIRS)
+    ap.add_argument("--benchmark", choices=BENCHMARKS, help="every task of an Office benchmark (instead of --pairs)")
+    ap.add_argument("--run-root", help="keep each run in its own folder here (resumable); default: in memory")
     ap.add_argument("--methods", nargs="+", default=list(METHODS[:4]), choices=METHODS)
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--arms", nargs="+", default=["base", "cm"], choices=["base", "cm"])
     ap.add_argument("--data-root", help="data root holding the fetched datasets (supercm fetch-data all)")
-    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--workers", type=int, default=None, help="parallel runs (default: CPU count; 1 with --benchmark)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "uda_accuracy.jsonl"))
     ap.add_argument("overrides", nargs="*", help="extra key=value config overrides for every run")
     a = ap.parse_args()
+    if a.benchmark and a.pairs:
+        ap.error("give --benchmark or --pairs, not both")
+    a.pairs = list(OFFICE_PAIRS[a.benchmark]) if a.benchmark else (a.pairs or list(DIGIT_PAIRS[:3]))
+    a.workers = a.workers or (1 if a.benchmark else os.cpu_count() or 1)
     overrides = list(a.overrides) + ([f"data.root={a.data_root}"] if a.data_root else [])
     out = Path(a.out)
     done = {_key(json.loads(line)) for line in out.read_text().splitlines()} if out.exists() else set()
@@ -113,13 +158,14 @@ def main() -> None:
     print(f"{len(done)} runs already in {out}; {len(todo)} to go with {a.workers} workers", file=sys.stderr)
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(a.workers, mp_context=ctx, initializer=_init_worker) as pool:
-        futures = [pool.submit(run_one, *t, overrides) for t in todo]
+        futures = [pool.submit(run_one, *t, overrides, a.run_root) for t in todo]
         for f in as_completed(futures):
             r = f.result()
             with out.open("a") as fh:
                 fh.write(json.dumps(r) + "\n")
+            val = r["rules"]["best_validation"]
             print(f"{r['pair']} {r['method']}{' + SuperCM' if r['cm'] else ''} seed {r['seed']}: "
-                  f"source-val rule {100 * r['rules']['best_validation']:.2f}", file=sys.stderr)
+                  f"source-val rule {'–' if val is None else f'{100 * val:.2f}'}", file=sys.stderr)
     records = [json.loads(line) for line in out.read_text().splitlines()]
     records = [r for r in records if tuple(r["overrides"]) == tuple(overrides)]
     md = table(records)

@@ -10,13 +10,17 @@ from supercm.models import BACKBONES, CMClassifier, build_backbone
 
 SHAPES = {"mlp": (64,), "cnn": (3, 28, 28), "wrn28_2": (3, 32, 32), "wrn28_8": (3, 32, 32)}
 FEATURES = {"mlp": 128, "cnn": 128, "wrn28_2": 128, "wrn28_8": 512}
+# The ResNets: random weights (no ImageNet weights on test machines), small images, the 256-d bottleneck.
+for _r in ("resnet18", "resnet34", "resnet50", "resnet101"):
+    SHAPES[_r], FEATURES[_r] = (3, 32, 32), 256
+OPTIONS = {r: {"weights": "none"} for r in ("resnet18", "resnet34", "resnet50", "resnet101")}
 
 
 @pytest.mark.parametrize("name", sorted(BACKBONES))
 def test_backbone_forward_backward(name):
     torch.manual_seed(0)
     shape = SHAPES[name]
-    net = build_backbone(name, shape)
+    net = build_backbone(name, shape, **OPTIONS.get(name, {}))
     assert net.out_features == FEATURES[name]
     model = CMClassifier(net, ClusteringModule(net.out_features, 10))
     x = torch.randn(2, *shape)

@@ -475,7 +475,7 @@ def _validate_options(cfg: Config) -> None:
             raise ConfigError(f"config key 'data.download' is true, but dataset {cfg.data.name!r} has nothing to "
                               f"download; set data.download=false")
     if cfg.data.augmentation is not None:
-        ranges = {"crop_pad": "[0, inf)", "noise_std": "[0, inf)"}
+        ranges = {"crop_pad": "[0, inf)", "noise_std": "[0, inf)", "resized_crop": "[0, inf)"}
         aug = {k: OptionSpec(v.hint, ranges.get(k)) for k, v in dataclass_specs(Augment).items() if k != "draw"}
         check_options(cfg.data.augmentation, aug, "data.augmentation", "the augmentation")
 

@@ -45,7 +45,7 @@ from .config import Config, ConfigError, OptimConfig, from_dict, read_yaml_file
 from .data import ArrayDataset, DomainPair, SSLSplit, joined_training_set, load_dataset, load_uda, stratified_split, uda_split
 from .data.augment import Augment
 from .methods import Batch, Term, build_method
-from .models import CMClassifier, build_backbone
+from .models import CMClassifier, ImageInput, build_backbone
 
 CHECKPOINT = "checkpoint.pt"
 BEST_MODEL = "best_model.pt"  # weights of the best-validation model: what the run reports
@@ -54,6 +54,7 @@ CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
 EVALS = "eval.jsonl"
 SUMMARY = "summary.json"
+CLASSES = "classes.json"  # class names in label order, where the dataset knows them
 LOCK = ".lock"
 
 #: Keys a checkpoint's config may differ in from ``config.yaml``: they change neither the
@@ -359,13 +360,14 @@ class Trainer:
         self.uda = cfg.data.target is not None
         if dataset is None:
             if self.uda:
-                dataset = load_uda(cfg.data.name, cfg.data.target, cfg.data.root)
+                dataset = load_uda(cfg.data.name, cfg.data.target, cfg.data.root, **self._loader_kwargs())
             else:
                 dataset = load_dataset(cfg.data.name, cfg.data.root, **self._loader_kwargs())
         if self.uda != isinstance(dataset, DomainPair):
             raise ValueError("a domain pair (supercm.data.DomainPair) goes with data.target set, an ArrayDataset without it")
         data = joined_training_set(dataset) if self.uda else dataset
         self.num_classes = data.num_classes
+        self.classes = list(data.classes) if data.classes is not None else None
         dev = self.device
         self.x_train = data.train_x.to(dev)
         self.y_train = data.train_y.to(dev)
@@ -387,7 +389,9 @@ class Trainer:
             # Inputs come from our own model; skip the per-step checks (and their CUDA syncs).
             check_inputs=False,
         )
-        self.model = CMClassifier(backbone, head).to(dev)
+        # Images kept as uint8 (supercm.data.images) get the model's input stage: scale, centre crop, normalise.
+        preprocess = ImageInput(**data.input_transform) if data.input_transform else None
+        self.model = CMClassifier(backbone, head, preprocess).to(dev)
         # The objective's terms, in the order they are summed: SuperCM (when β > 0), the base
         # method, the listed regularisers. (SuperCM first keeps the floating-point sum, and so
         # every run, identical to the trainer's earlier form CE + β·L_CM + δ·w·L_base.)
@@ -459,13 +463,18 @@ class Trainer:
 
     def _param_groups(self) -> list[dict]:
         """The model's parameters (the backbone's at ``optim.backbone_lr_mult`` × lr when that is
-        not 1), then the trainable parameters the terms own (DANN's discriminator)."""
+        not 1), then the trainable parameters the terms own (DANN's discriminator). A backbone with a
+        ``pretrained`` part (the ResNets) gets the multiplier on that part only: its bottleneck
+        trains at lr × 1 with the head, as in the field's code."""
         mult = self.cfg.optim.backbone_lr_mult
         if mult == 1.0:
             groups = [{"params": list(self.model.parameters())}]
         else:
-            groups = [{"params": list(self.model.backbone.parameters()), "lr": self.cfg.optim.lr * mult},
-                      {"params": list(self.model.head.parameters())}]
+            backbone = self.model.backbone
+            slow = list(getattr(backbone, "pretrained", backbone).parameters())
+            ids = {id(p) for p in slow}
+            groups = [{"params": slow, "lr": self.cfg.optim.lr * mult},
+                      {"params": [p for p in self.model.parameters() if id(p) not in ids]}]
         own = [p for t in self.terms for p in t.parameters() if p.requires_grad]
         if own:
             groups.append({"params": own})
@@ -626,6 +635,10 @@ class Trainer:
         if not (d / CONFIG).exists() or (d / CONFIG).read_text() != text:
             if not (d / CHECKPOINT).exists():
                 atomic_write(d / CONFIG, text)
+        if self.classes is not None:  # the label order of the data (e.g. Office-Home's official list order)
+            text = json.dumps(self.classes, indent=1)
+            if not (d / CLASSES).exists() or (d / CLASSES).read_text() != text:
+                atomic_write(d / CLASSES, text)
         split_path = d / SPLIT
         if not split_path.exists() or self._saved_split_differs(split_path):
             self.split.save(split_path)

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from ..cm import ClusteringModule
 from ..config import Config, from_dict
 from ..data import ArrayDataset, DomainPair, SSLSplit, joined_training_set, load_dataset, load_uda
-from ..models import CMClassifier, build_backbone
+from ..models import CMClassifier, ImageInput, build_backbone
 from ..train import BEST_MODEL, CHECKPOINT, CONFIG, SPLIT
 
 #: Layers :func:`extract_features` can read: the backbone output (the CM's input) or the logits.
@@ -50,7 +50,8 @@ def build_model(cfg: Config, data: ArrayDataset) -> CMClassifier:
         backbone.out_features, data.num_classes, centroids=cfg.cm.centroids, temperature=cfg.cm.temperature,
         momentum=cfg.cm.momentum, alpha=cfg.cm.alpha,
     )
-    return CMClassifier(backbone, head)
+    preprocess = ImageInput(**data.input_transform) if data.input_transform else None
+    return CMClassifier(backbone, head, preprocess)
 
 
 def read_config(run_dir: str | Path) -> Config:
@@ -69,7 +70,7 @@ def load_run(run_dir: str | Path, *, data_root: str | None = None, which: str = 
     kw = dict(cfg.data.options)
     pair = None
     if cfg.data.target is not None:  # domain adaptation: the trainer's [source ; target] set
-        pair = load_uda(cfg.data.name, cfg.data.target, data_root or cfg.data.root)
+        pair = load_uda(cfg.data.name, cfg.data.target, data_root or cfg.data.root, **kw)
         data = joined_training_set(pair)
     else:
         data = load_dataset(cfg.data.name, data_root or cfg.data.root, **kw)

@@ -8,6 +8,7 @@ from ..registry import Registry
 from .base import ArrayDataset, DatasetCorruptError, DatasetMissingError, default_data_root
 from .digits import load_digits
 from .domains import DOMAIN_PAIRS, UNLABELED, DomainPair, joined_training_set, load_domain_pair, load_uda, load_mnistm_style, load_optdigits, load_synth_digits
+from .images import IMAGE_DATASETS, BadImageError, DatasetLayoutError
 from .offline import FETCHABLE, fetch, load_fashion_mnist, load_mnist10k
 from .splits import SSLSplit, stratified_split, uda_split
 from .torchvision_sets import load_cifar10, load_cifar100, load_mnist, load_svhn
@@ -24,6 +25,7 @@ for _name, _loader in {
     "mnistm_style": load_mnistm_style,
     "optdigits": load_optdigits,
     "synth_digits": load_synth_digits,
+    **IMAGE_DATASETS,  # Office-31, Office-Home, ImageCLEF-DA, Office-Caltech-10 domains; image_folder
 }.items():
     DATASETS.register(_name, _loader)
 
@@ -34,6 +36,8 @@ def load_dataset(name: str, root: str | None = None, **kwargs) -> ArrayDataset:
 
 __all__ = [
     "ArrayDataset",
+    "BadImageError",
+    "DatasetLayoutError",
     "DATASETS",
     "DOMAIN_PAIRS",
     "DatasetCorruptError",

@@ -1,4 +1,5 @@
-"""Batch augmentation of SPEC §5: random horizontal flip, reflect-pad random crop, Gaussian noise.
+"""Batch augmentation of SPEC §5 (random horizontal flip, reflect-pad random crop, Gaussian noise)
+and of the UDA protocol of SPEC §6 (RandomResizedCrop + flip on uint8 images).
 
 Everything is vectorised over the batch and draws all its randomness from one
 ``torch.Generator`` on the batch's device, in a fixed order (flip, then crop, then
@@ -8,6 +9,7 @@ augmentation bit for bit — what an exact resume needs.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
@@ -15,6 +17,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+
+#: RandomResizedCrop's ranges (torchvision's defaults, the field's transform): area fraction, aspect ratio.
+RRC_SCALE = (0.08, 1.0)
+RRC_RATIO = (3 / 4, 4 / 3)
+#: Attempts at drawing a box that fits before falling back to the centre crop (as torchvision).
+RRC_ATTEMPTS = 10
 
 #: Values of ``Augment.draw``: per image, or one flip decision and crop offset per batch.
 DRAWS = ("sample", "batch")
@@ -30,7 +38,16 @@ class Augment:
     * ``crop_pad = p > 0``: reflect-pad by ``p`` on every side to (H+2p, W+2p), then
       take the H×W window at a uniformly random offset ``(i, j) ∈ {0..2p}²``:
       ``out[n, :, h, w] = pad(x)[n, :, i_n + h, j_n + w]`` (requires p < H and p < W);
-    * ``noise_std = σ > 0``: ``x ← x + σ·ε``, ε ~ N(0, 1) elementwise.
+    * ``noise_std = σ > 0``: ``x ← x + σ·ε``, ε ~ N(0, 1) elementwise;
+    * ``resized_crop = s > 0``: torchvision's ``RandomResizedCrop(s)``, batched: a box of area
+      fraction ~ U(0.08, 1) and log aspect ratio ~ U(log 3/4, log 4/3) (up to 10 draws per image,
+      then the centre crop of the clamped ratio), at a uniform position, resampled to s×s by
+      ``torchvision.ops.roi_align`` (bilinear, averaging ⌈box/s⌉² samples per output pixel when
+      the box is larger than s: antialiased like torchvision's resize of tensors).
+
+    Order: resized crop, flip, reflect-pad crop, noise (each only when enabled).
+    uint8 images (the pixels of :mod:`supercm.data.images`) are first scaled to float [0, 1]
+    when anything is enabled; the model's input stage normalises them.
 
     ``draw`` says who shares a flip decision and a crop offset: ``"sample"`` (default)
     draws them per image (common practice); ``"batch"`` draws one of each for the whole
@@ -45,6 +62,7 @@ class Augment:
     crop_pad: int = 0
     noise_std: float = 0.0
     draw: str = "sample"
+    resized_crop: int = 0
 
     def __post_init__(self) -> None:
         if not isinstance(self.flip, bool):
@@ -53,6 +71,8 @@ class Augment:
             raise ValueError(f"Augment.crop_pad must be an int ≥ 0, got {self.crop_pad!r}")
         if isinstance(self.noise_std, bool) or not isinstance(self.noise_std, (int, float)) or self.noise_std < 0:
             raise ValueError(f"Augment.noise_std must be a number ≥ 0, got {self.noise_std!r}")
+        if isinstance(self.resized_crop, bool) or not isinstance(self.resized_crop, int) or self.resized_crop < 0:
+            raise ValueError(f"Augment.resized_crop must be an int ≥ 0, got {self.resized_crop!r}")
         if self.draw not in DRAWS:
             raise ValueError(f"Augment.draw must be one of {', '.join(DRAWS)}, got {self.draw!r}")
 
@@ -68,7 +88,7 @@ class Augment:
 
     @property
     def is_identity(self) -> bool:
-        return not self.flip and self.crop_pad == 0 and self.noise_std == 0
+        return not self.flip and self.crop_pad == 0 and self.noise_std == 0 and self.resized_crop == 0
 
     def __call__(self, x: Tensor, generator: torch.Generator) -> Tensor:
         if self.is_identity:
@@ -77,7 +97,11 @@ class Augment:
             raise ValueError(
                 f"generator is on {generator.device} but the batch is on {x.device}; use one on the batch's device"
             )
+        if x.dtype == torch.uint8:
+            x = x.float().div_(255)
         if x.dim() == 4:
+            if self.resized_crop:
+                x = self._resized_crop(x, generator)
             if self.flip:
                 x = self._flip(x, generator)
             if self.crop_pad:
@@ -110,3 +134,39 @@ class Augment:
         # Gather rows then columns: (N, C, H, W+2p) then (N, C, H, W).
         padded = padded.gather(2, rows.view(n, 1, h, 1).expand(n, c, h, w + 2 * p))
         return padded.gather(3, cols.view(n, 1, 1, w).expand(n, c, h, w))
+
+    def _resized_crop(self, x: Tensor, generator: torch.Generator) -> Tensor:
+        from torchvision.ops import roi_align
+
+        n, _, h, w = x.shape
+        s, dev = self.resized_crop, x.device
+        m = self._draws(n)
+        area = h * w
+        # All attempts at once: (m, RRC_ATTEMPTS) area fractions and log aspect ratios.
+        scale = torch.empty(m, RRC_ATTEMPTS, device=dev).uniform_(*RRC_SCALE, generator=generator)
+        log_ratio = torch.empty(m, RRC_ATTEMPTS, device=dev).uniform_(
+            math.log(RRC_RATIO[0]), math.log(RRC_RATIO[1]), generator=generator)
+        ratio = log_ratio.exp()
+        bw = torch.sqrt(scale * area * ratio).round()
+        bh = torch.sqrt(scale * area / ratio).round()
+        fits = (bw > 0) & (bw <= w) & (bh > 0) & (bh <= h)
+        first = torch.where(fits.any(1), fits.float().argmax(1), torch.full((m,), -1, device=dev))
+        # Fallback (no attempt fits): the whole image, its ratio clamped to RRC_RATIO, centred.
+        in_ratio = w / h
+        if in_ratio < RRC_RATIO[0]:
+            fw, fh = w, round(w / RRC_RATIO[0])
+        elif in_ratio > RRC_RATIO[1]:
+            fw, fh = round(h * RRC_RATIO[1]), h
+        else:
+            fw, fh = w, h
+        pick = first.clamp(min=0).unsqueeze(1)
+        bw = torch.where(first >= 0, bw.gather(1, pick).squeeze(1), torch.full((m,), float(fw), device=dev))
+        bh = torch.where(first >= 0, bh.gather(1, pick).squeeze(1), torch.full((m,), float(fh), device=dev))
+        u = torch.rand(m, 2, device=dev, generator=generator)
+        top = torch.where(first >= 0, (u[:, 0] * (h - bh + 1)).floor(), ((h - bh) / 2).floor())
+        left = torch.where(first >= 0, (u[:, 1] * (w - bw + 1)).floor(), ((w - bw) / 2).floor())
+        boxes = torch.stack([left, top, left + bw, top + bh], 1).expand(n, 4).to(x.dtype)
+        index = torch.arange(n, device=dev, dtype=x.dtype).unsqueeze(1)
+        # aligned=True: pixel k covers [k, k+1), so the box [left, left+bw) is exactly the crop's pixels.
+        return roi_align(x, torch.cat([index, boxes], 1), output_size=(s, s), spatial_scale=1.0,
+                         sampling_ratio=-1, aligned=True)

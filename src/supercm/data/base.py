@@ -25,6 +25,12 @@ class ArrayDataset:
     ``augment`` names the batch augmentations the paper uses for this dataset
     (keys of :class:`supercm.data.augment.Augment`), applied by the trainer to
     training batches only.
+
+    Image datasets read from disk (:mod:`supercm.data.images`) keep their pixels as
+    uint8 (N, 3, S, S) to fit in memory, and say in ``input_transform`` how the model's
+    input stage (:class:`supercm.models.ImageInput`) turns them into network inputs:
+    ``{"crop": 224, "mean": [...], "std": [...]}``. ``classes`` names the classes in
+    label order where they are known (the run directory records them in ``classes.json``).
     """
 
     name: str
@@ -34,6 +40,8 @@ class ArrayDataset:
     test_y: Tensor
     num_classes: int
     augment: dict = field(default_factory=dict)
+    input_transform: dict = field(default_factory=dict)
+    classes: list[str] | None = None
 
     def __post_init__(self) -> None:
         for split in ("train", "test"):
@@ -42,6 +50,8 @@ class ArrayDataset:
                 raise ValueError(f"{self.name}: {split}_x has {x.shape[0]} rows but {split}_y has {y.shape[0]}")
             if y.dtype != torch.long:
                 raise TypeError(f"{self.name}: {split}_y must be int64, got {y.dtype}")
+        if self.classes is not None and len(self.classes) != self.num_classes:
+            raise ValueError(f"{self.name}: {len(self.classes)} class names for {self.num_classes} classes")
         if self.train_x.shape[1:] != self.test_x.shape[1:]:
             raise ValueError(f"{self.name}: train and test samples differ in shape")
 

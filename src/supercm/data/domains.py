@@ -772,15 +772,28 @@ def load_domain_pair(source: str, target: str | None = None, root: str | os.Path
 UNLABELED = -1
 
 
-def load_uda(source: str, target: str, root: str | os.PathLike | None = None) -> DomainPair:
+def load_uda(source: str, target: str, root: str | os.PathLike | None = None, /, **options) -> DomainPair:
     """The pair ``source->target``: a :data:`DOMAIN_PAIRS` entry when there is one (it may hold
-    the source out of the target's images), otherwise each dataset loaded by name."""
+    the source out of the target's images), otherwise each dataset loaded by name with ``options``
+    (``data.options``, shared by both domains). A loader with a ``load_pair`` attribute (``image_folder``)
+    named as both source and target loads the pair itself from its options."""
     from . import DATASETS
 
     name = f"{source}->{target}"
     if name in DOMAIN_PAIRS:
+        if options:
+            raise ValueError(f"domain pair {name!r} takes no data.options, got {sorted(options)}")
         return load_domain_pair(name, root=root)
-    return DomainPair(name, DATASETS.get(source)(root), DATASETS.get(target)(root))
+    load_source, load_target = DATASETS.get(source), DATASETS.get(target)
+    pair_loader = getattr(load_source, "load_pair", None)
+    if pair_loader is not None or getattr(load_target, "load_pair", None) is not None:
+        if source != target:
+            raise ValueError(f"{source!r} loads both domains from data.options: set data.name and data.target "
+                             f"both to {source!r}" if pair_loader else
+                             f"{target!r} loads both domains from data.options: set data.name and data.target "
+                             f"both to {target!r}")
+        return pair_loader(root, **options)
+    return DomainPair(name, load_source(root, **options), load_target(root, **options))
 
 
 def joined_training_set(pair: DomainPair) -> ArrayDataset:
@@ -797,10 +810,15 @@ def joined_training_set(pair: DomainPair) -> ArrayDataset:
         )
     if s.num_classes != t.num_classes:
         raise ValueError(f"domain pair {pair.name!r}: source has {s.num_classes} classes, target {t.num_classes}")
+    if s.classes is not None and t.classes is not None and list(s.classes) != list(t.classes):
+        raise ValueError(f"domain pair {pair.name!r}: source and target name their classes differently "
+                         f"({s.classes[:3]}… vs {t.classes[:3]}…)")
+    if s.input_transform != t.input_transform:
+        raise ValueError(f"domain pair {pair.name!r}: source and target need different input transforms")
     hidden = torch.full_like(t.train_y, UNLABELED)
     return ArrayDataset(
         pair.name, torch.cat([s.train_x, t.train_x]), torch.cat([s.train_y, hidden]), t.test_x, t.test_y,
-        s.num_classes, dict(s.augment),
+        s.num_classes, dict(s.augment), dict(s.input_transform), s.classes,
     )
 
 

@@ -41,7 +41,8 @@ class SuperCM(Term):
             model = batch.model
             with torch.no_grad():
                 model.eval()
-                model.head.update_centroids(model.backbone(batch.x_labeled_raw), batch.y_labeled)
+                # Through the whole model: its input stage (uint8 images: crop, normalise) comes first.
+                model.head.update_centroids(model(batch.x_labeled_raw).features, batch.y_labeled)
                 model.train()
 
     def loss(self, batch: Batch) -> Tensor:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import torch
 from torch import Tensor, nn
 
 from ..cm import ClusteringModule, CMOutput
 from .backbones import BACKBONES, MLP, SmallCNN, WideResNet, build_backbone
+from .resnet import ResNetBackbone
 
 
 class ModelOutput(NamedTuple):
@@ -17,22 +19,55 @@ class ModelOutput(NamedTuple):
     reconstruction: Tensor  # (n, d)
 
 
+class ImageInput(nn.Module):
+    """The input stage of image datasets kept as uint8 (:mod:`supercm.data.images`).
+
+    uint8 (N, C, H, W) images are scaled to [0, 1]; images larger than ``crop`` are centre-cropped
+    to ``crop × crop`` (the test transform: resize 256 → centre crop 224); then
+    ``(x − mean) / std`` per channel. Float images are taken as already in [0, 1] (what
+    :class:`~supercm.data.augment.Augment` returns for uint8 batches) and only cropped if larger
+    and normalised. No parameters and no persistent buffers: state dicts are unchanged.
+    """
+
+    def __init__(self, crop: int | None = None, mean=None, std=None):
+        super().__init__()
+        self.crop = crop
+        self.register_buffer("mean", None if mean is None else torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", None if std is None else torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dtype == torch.uint8:
+            x = x.float().div_(255)
+        if self.crop is not None and x.dim() == 4:
+            h, w = x.shape[-2:]
+            if h > self.crop or w > self.crop:
+                top, left = int(round((h - self.crop) / 2)), int(round((w - self.crop) / 2))
+                x = x[..., top : top + self.crop, left : left + self.crop]
+        if self.mean is not None:
+            x = (x - self.mean) / self.std
+        return x
+
+
 class CMClassifier(nn.Module):
-    """``backbone`` followed by a :class:`ClusteringModule` head.
+    """``backbone`` followed by a :class:`ClusteringModule` head (after ``preprocess``, the
+    input stage of uint8 image datasets, when given).
 
     With β = 0 in the trainer this is an ordinary linear-softmax classifier; the
     head's centroids only matter for the CM loss.
     """
 
-    def __init__(self, backbone: nn.Module, head: ClusteringModule):
+    def __init__(self, backbone: nn.Module, head: ClusteringModule, preprocess: nn.Module | None = None):
         super().__init__()
+        self.preprocess = preprocess
         self.backbone = backbone
         self.head = head
 
     def forward(self, x: Tensor) -> ModelOutput:
+        if self.preprocess is not None:
+            x = self.preprocess(x)
         features = self.backbone(x)
         out: CMOutput = self.head(features)
         return ModelOutput(features, *out)
 
 
-__all__ = ["BACKBONES", "CMClassifier", "MLP", "ModelOutput", "SmallCNN", "WideResNet", "build_backbone"]
+__all__ = ["BACKBONES", "CMClassifier", "ImageInput", "ResNetBackbone", "MLP", "ModelOutput", "SmallCNN", "WideResNet", "build_backbone"]
