@@ -87,3 +87,171 @@ def test_the_head_in_float32_is_unchanged():
     gamma = head.encoder(x).softmax(1)
     assert torch.equal(out.responsibilities, gamma)
     assert torch.equal(out.reconstruction, gamma @ head.centroids)
+
+
+# --------------------------------------------------------------------------- the trainer
+
+import json  # noqa: E402
+
+from supercm.config import ConfigError, from_dict  # noqa: E402
+from supercm.data import load_dataset  # noqa: E402
+from supercm.train import CHECKPOINT, METRICS, Trainer  # noqa: E402
+
+TINY = {
+    "data": {"name": "digits", "num_labeled": 50, "num_validation": 50},
+    "model": {"backbone": "mlp", "options": {"width": 32, "depth": 1}},
+    "cm": {"beta": 0.3},
+    "train": {"iterations": 12, "batch_labeled": 16, "batch_unlabeled": 16, "eval_every": 6,
+              "checkpoint_every": 6, "progress": False, "tensorboard": False, "ema_decay": 0.0},
+}
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+def tiny(**dotted):
+    return from_dict(TINY).replace(**dotted)
+
+
+def _metrics(run):
+    return [json.loads(line) for line in (run / METRICS).read_text().splitlines()]
+
+
+def _poison(trainer, at_iteration, value=float("nan")):
+    """Make SuperCM's loss ``value`` on the step that starts at ``at_iteration`` (0-based)."""
+    original = trainer.supercm.loss
+
+    def loss(batch):
+        out = original(batch)
+        return out * value if batch.iteration == at_iteration else out
+
+    trainer.supercm.loss = loss
+
+
+def test_precision_is_a_checked_config_key():
+    assert tiny().train.precision == "fp32"
+    assert tiny(**{"train.precision": "bf16"}).train.precision == "bf16"
+    with pytest.raises(ConfigError, match="train.precision.*fp32, bf16, fp16"):
+        tiny(**{"train.precision": "fp8"})
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_trains_under_autocast(digits, tmp_path, precision):
+    t = Trainer(tiny(**{"train.precision": precision, "method.name": "vat", "method.delta": 1.0}), tmp_path / "r",
+                dataset=digits)
+    seen = {}
+    original = t.supercm.loss
+
+    def spy(batch):
+        seen["logits"], seen["gamma"] = batch.logits.dtype, batch.output.responsibilities.dtype
+        return original(batch)
+
+    t.supercm.loss = spy
+    result = t.fit()
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    assert seen == {"logits": dtype, "gamma": torch.float32}  # autocast on; γ in float32 (the CM loss needs it)
+    assert all(math.isfinite(r["loss"]) for r in _metrics(tmp_path / "r"))
+    assert 0.0 <= result.final_val_accuracy <= 1.0
+    state = torch.load(tmp_path / "r" / CHECKPOINT, weights_only=True)
+    assert ("grad_scaler" in state) == (precision == "fp16")
+    assert all(v.dtype != dtype for v in state["model"].values())  # float32 master weights
+
+
+def test_fp16_resumes_exactly_with_its_gradient_scaler(digits, tmp_path):
+    """A kill + resume ends where an uninterrupted fp16 run ends: the scaler's state (scale, growth
+    tracker) is in the checkpoint. A skipped step in the first half makes the scale matter."""
+    cfg = tiny(**{"train.precision": "fp16", "train.iterations": 12})
+    full = Trainer(cfg, tmp_path / "full", dataset=digits)
+    _poison(full, 2, float("inf"))
+    full.fit()
+    half = Trainer(cfg.replace(**{"train.iterations": 6}), tmp_path / "half", dataset=digits)
+    _poison(half, 2, float("inf"))
+    half.fit()
+    assert half.scaler.get_scale() == 2.0 ** 15  # one skipped step halved 2¹⁶
+    import yaml
+
+    (tmp_path / "half" / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
+    resumed = Trainer.resume(tmp_path / "half", dataset=digits)
+    assert resumed.scaler.get_scale() == 2.0 ** 15
+    resumed.fit()
+    assert (tmp_path / "full" / METRICS).read_text() == (tmp_path / "half" / METRICS).read_text()
+    a = torch.load(tmp_path / "full" / CHECKPOINT, weights_only=True)
+    b = torch.load(tmp_path / "half" / CHECKPOINT, weights_only=True)
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert a["grad_scaler"] == b["grad_scaler"]
+
+
+def test_fp16_skips_an_overflowing_step_instead_of_stopping(digits, tmp_path):
+    t = Trainer(tiny(**{"train.precision": "fp16"}), tmp_path / "r", dataset=digits)
+    _poison(t, 4, float("inf"))
+    for _ in range(4):
+        t.train_step()
+    before = [p.detach().clone() for p in t.model.parameters()]
+    logs = t.train_step()  # the inf loss: skipped by the scaler, no error
+    assert not math.isfinite(float(logs["loss"]))
+    assert all(torch.equal(b, p) for b, p in zip(before, t.model.parameters()))  # no update
+    assert t.scaler.get_scale() == 2.0 ** 15
+    assert t.fit().iterations == 12  # and a whole run goes on past it
+    assert _metrics(tmp_path / "r")[-1]["iteration"] == 12
+
+
+def test_fp16_stops_when_every_step_overflows(digits, tmp_path):
+    """A run whose every step overflows trains nothing: the collapsing scale is reported as divergence."""
+    t = Trainer(tiny(**{"train.precision": "fp16", "train.iterations": 60, "train.eval_every": 50,
+                        "train.checkpoint_every": 50}), tmp_path / "r", dataset=digits)
+    original = t.supercm.loss
+    t.supercm.loss = lambda batch: original(batch) * float("nan")
+    # Checked on every logged step (log_every=1): 2¹⁶ halved 33 times is the first scale below 2⁻¹⁶.
+    with pytest.raises(FloatingPointError, match="gradient scale fell to .* by iteration 33.*train.precision=bf16"):
+        t.fit()
+    assert not (tmp_path / "r" / CHECKPOINT).exists()
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_a_nan_at_an_unlogged_step_stops_the_run_before_the_next_write(digits, tmp_path, precision):
+    """fit() reads the loss only on logged, evaluation and checkpoint iterations. A NaN at iteration 7
+    (logs, evaluations and checkpoints every 5) is found at 10, before anything of 6..10 is written:
+    the checkpoint of iteration 5 stays, and the message names the iteration the loss went bad."""
+    run = tmp_path / "r"
+    t = Trainer(tiny(**{"train.precision": precision, "train.iterations": 20, "train.log_every": 5,
+                        "train.eval_every": 5, "train.checkpoint_every": 5}), run, dataset=digits)
+    _poison(t, 6)  # the 7th step
+    with pytest.raises(FloatingPointError, match=r"loss became nan at iteration 7 \(found at iteration 10.*"
+                                                 r"checkpoint.pt from iteration 5 is intact"):
+        t.fit()
+    assert torch.load(run / CHECKPOINT, weights_only=True)["iteration"] == 5
+    assert [r["iteration"] for r in _metrics(run)] == [5]
+    assert [json.loads(line)["iteration"] for line in (run / "eval.jsonl").read_text().splitlines()] == [5]
+    assert t.iteration == 10
+
+
+def test_fit_logs_what_a_step_by_step_loop_reads(digits, tmp_path):
+    """Deferring the guard and reading every logged value in one transfer changes no number: fit()'s
+    metrics are the values a loop of checked train_step() calls reads one float at a time."""
+    cfg = tiny(**{"method.name": "vat", "method.delta": 1.0, "train.ema_decay": 0.9})
+    t = Trainer(cfg, tmp_path / "r", dataset=digits)
+    t.fit()
+    by_hand = Trainer(cfg, None, dataset=digits)
+    want = []
+    for _ in range(cfg.train.iterations):
+        logs = by_hand.train_step(log_terms=True, check=True)
+        want.append({"iteration": by_hand.iteration, **{k: float(v) for k, v in logs.items()}})
+    assert _metrics(tmp_path / "r") == want
+
+
+def test_vat_probe_under_bf16_is_the_float64_direction(digits, monkeypatch):
+    """ξ = 1e-3 is below bfloat16's resolution: the probe runs in float32 (with p from a float32 pass),
+    and the direction the trainer's bf16 step uses is still the float64 one."""
+    import supercm.methods.vat as vat_module
+    from test_methods import _trainer_vat_direction_cosines, _vat_trainer
+
+    trainer = _vat_trainer(digits, **{"train.precision": "bf16"})
+    for _ in range(5):
+        trainer.train_step()
+    assert _trainer_vat_direction_cosines(trainer, monkeypatch).min() >= 0.99
+    # What it guards against: the probe under bf16 autocast, p from the bf16 training pass.
+    monkeypatch.setattr(vat_module, "_autocast_enabled", lambda device_type: False)
+    cosine = _trainer_vat_direction_cosines(trainer, monkeypatch)
+    assert cosine.median() < 0.5, cosine

@@ -28,7 +28,9 @@ import os
 import random
 import secrets
 import time
+import warnings
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -111,6 +113,30 @@ def resolve_device(name: str) -> torch.device:
     elif dev.type not in ("cpu", "cuda", "mps"):
         raise ConfigError(f"config key 'train.device' must be auto, cpu, cuda or cuda:N, got {name!r}")
     return dev
+
+
+#: ``train.precision`` → the autocast dtype of the step (None: no autocast).
+AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+#: An fp16 run whose gradient scale fell below this has skipped every step for a long while (from
+#: the initial 2¹⁶, 32 skips in a row): it diverged, and is stopped like a run whose loss is NaN.
+MIN_LOSS_SCALE = 2.0 ** -16
+
+
+def check_precision(precision: str, device: torch.device) -> None:
+    """Refuse, with the fix, a precision the device cannot run."""
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError(
+            f"train.precision=bf16 but {torch.cuda.get_device_name(device)} has no bfloat16 support; "
+            f"use train.precision=fp16 (or fp32)"
+        )
+
+
+def _grad_scaler(device: torch.device):
+    """A gradient scaler for fp16 on ``device`` (torch.amp.GradScaler; per-device classes before 2.3)."""
+    if hasattr(torch.amp, "GradScaler"):
+        return torch.amp.GradScaler(device.type)
+    return torch.cuda.amp.GradScaler() if device.type == "cuda" else torch.cpu.amp.GradScaler()
 
 
 def seed_everything(seed: int) -> None:
@@ -202,6 +228,22 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1000) -> 
         correct += int((logits.argmax(dim=1) == y[i : i + batch_size]).sum())
     model.train(was_training)
     return correct / y.numel()
+
+
+def _read_scalars(logs: dict[str, Any]) -> dict[str, float]:
+    """The logged values as Python floats, with one device read for all the tensors among them
+    (``float(t)`` per value would wait for the device once per value)."""
+    tensors = {k: v.detach().reshape(()) for k, v in logs.items() if isinstance(v, Tensor)}
+    out = {k: float(v) for k, v in logs.items() if not isinstance(v, Tensor)}
+    if tensors:
+        dtype = torch.float32
+        for v in tensors.values():
+            dtype = torch.promote_types(dtype, v.dtype)
+        if any(v.device.type == "mps" for v in tensors.values()):
+            dtype = torch.float32  # no float64 there
+        values = torch.stack([v.to(dtype) for v in tensors.values()]).tolist()
+        out.update(zip(tensors, values))
+    return {k: out[k] for k in logs}
 
 
 def _all_finite(tensors) -> bool:
@@ -354,6 +396,7 @@ class Trainer:
         tc = cfg.train
         seed_everything(tc.seed)
         self.device = resolve_device(tc.device)
+        check_precision(tc.precision, self.device)
 
         # Domain adaptation: one training set [source ; target], target labels hidden (never read).
         self.uda = cfg.data.target is not None
@@ -402,6 +445,14 @@ class Trainer:
 
         self.optimizer = build_optimizer(cfg.optim, self._param_groups())
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, partial(lr_factor, cfg.optim))
+        # Mixed precision: autocast around the model's and the terms' forward work; fp16 also scales
+        # the loss (and skips a step whose gradients overflow), bf16 has float32's range and does not.
+        self.autocast_dtype = AUTOCAST_DTYPES[tc.precision]
+        self.scaler = _grad_scaler(self.device) if tc.precision == "fp16" else None
+        # The divergence guard of fit(): the first iteration whose loss was not finite (0: none) and
+        # that loss, kept on the device and read only on logged, evaluation and checkpoint steps.
+        self._first_nonfinite = torch.zeros((), dtype=torch.long, device=self.device)
+        self._nonfinite_loss = torch.zeros((), device=self.device)
         try:
             if self.uda:
                 self.split = uda_split(dataset.source.train_y, dataset.target.train_y.numel(),
@@ -674,6 +725,8 @@ class Trainer:
         }
         if self.ema_model is not None:
             state["ema_model"] = self.ema_model.state_dict()
+        if self.scaler is not None:
+            state["grad_scaler"] = self.scaler.state_dict()
         if self.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
         return state
@@ -700,6 +753,8 @@ class Trainer:
                 torch.cuda.set_rng_state(state["cuda_rng"], self.device)
             if self.ema_model is not None:
                 self.ema_model.load_state_dict(state["ema_model"])
+            if self.scaler is not None:
+                self.scaler.load_state_dict(state["grad_scaler"])
             self.best, self.ema_best = dict(state["best"]), dict(state["ema_best"])
             self.oracle = dict(state.get("oracle", self.oracle))
             self.elapsed = float(state["elapsed"])
@@ -726,11 +781,38 @@ class Trainer:
                 f"finite weights (it was not overwritten)")
 
     def _check_finite(self, loss: Tensor) -> None:
-        """The divergence guard on the loss, called by :meth:`train_step` before the update."""
+        """The divergence guard on the loss, called by :meth:`train_step` (``check=True``) before the
+        update: one host-device sync per step."""
         if not torch.isfinite(loss.detach()):
             raise FloatingPointError(
                 f"loss became {loss.item()} at iteration {self.iteration}; lower optim.lr or cm.beta; "
                 f"{self._usable_checkpoint()}"
+            )
+
+    def _watch_loss(self, loss: Tensor) -> None:
+        """The divergence guard without a sync: remember, on the device, the first iteration whose
+        loss was not finite; :meth:`_check_loss_history` reads it before anything is logged or written."""
+        loss = loss.detach()
+        new = ~torch.isfinite(loss) & (self._first_nonfinite == 0)
+        self._first_nonfinite = torch.where(new, self.iteration + 1, self._first_nonfinite)
+        self._nonfinite_loss = torch.where(new, loss.to(self._nonfinite_loss.dtype), self._nonfinite_loss)
+
+    def _check_loss_history(self) -> None:
+        """Stop if a loss since the start was not finite (bf16/fp32), or if fp16's gradient scale
+        collapsed (every step overflowing and skipped). One host-device sync."""
+        first = int(self._first_nonfinite)
+        if first:
+            raise FloatingPointError(
+                f"loss became {float(self._nonfinite_loss)} at iteration {first} (found at iteration "
+                f"{self.iteration}: fit() reads the loss on logged, evaluation and checkpoint iterations, so "
+                f"iterations {first}..{self.iteration} were not kept); lower optim.lr or cm.beta; "
+                f"{self._usable_checkpoint()}"
+            )
+        if self.scaler is not None and self.scaler.is_enabled() and self.scaler.get_scale() < MIN_LOSS_SCALE:
+            raise FloatingPointError(
+                f"the fp16 gradient scale fell to {self.scaler.get_scale():.3g} by iteration {self.iteration}: "
+                f"every recent step overflowed (NaN or inf gradients) and was skipped, so the run diverged; "
+                f"lower optim.lr or cm.beta, or use train.precision=bf16; {self._usable_checkpoint()}"
             )
 
     def _check_state_finite(self) -> None:
@@ -739,6 +821,7 @@ class Trainer:
         The loss can stay finite while BatchNorm running statistics overflow (they are only
         used in eval mode), so the state itself is checked before every evaluation and checkpoint.
         """
+        self._check_loss_history()  # the loss's own verdict first: it names the iteration
         tensors = list(self.model.state_dict().values()) + [v for t in self.terms for v in t.state_dict().values()]
         if self.ema_model is not None:
             tensors += list(self.ema_model.state_dict().values())
@@ -754,7 +837,20 @@ class Trainer:
     def _aug(self, x: Tensor) -> Tensor:
         return self.augment(x, self.aug_generator)
 
-    def train_step(self, log_terms: bool = False) -> dict[str, Any]:
+    def _autocast(self):
+        """Autocast to ``train.precision``'s dtype (a no-op context for fp32)."""
+        if self.autocast_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def _indices_to_device(self, idx: Tensor) -> Tensor:
+        """Batch indices (drawn on the CPU) to the device without waiting for it: a plain ``.to(cuda)``
+        from pageable memory synchronises the stream; from pinned memory it is asynchronous."""
+        if self.device.type == "cuda":
+            return idx.pin_memory().to(self.device, non_blocking=True)
+        return idx.to(self.device)
+
+    def train_step(self, log_terms: bool = False, check: bool = True) -> dict[str, Any]:
         """One iteration of ``CE(labeled) + Σ_j weight_j(t)·L_j``; returns the logged scalars
         (as tensors until logged).
 
@@ -762,11 +858,16 @@ class Trainer:
         (SuperCM, the base method, the regularisers) reads what it needs from that one
         :class:`~supercm.methods.Batch`. ``log_terms``: also ask the terms for their extra
         scalars (SuperCM's E1..E4; extra forward-only work, asked on logged iterations only).
+
+        ``check``: stop on a non-finite loss before the update (one host-device sync).
+        :meth:`fit` passes False and checks on logged, evaluation and checkpoint iterations
+        instead, so the device is never waited for in between. With ``train.precision=fp16`` a
+        non-finite loss is no error: the gradient scaler skips the step and lowers its scale.
         """
         model = self.model
         model.train()
-        lab = self.labeled_sampler.next().to(self.device)
-        unl = self.unlabeled_sampler.next().to(self.device)
+        lab = self._indices_to_device(self.labeled_sampler.next())
+        unl = self._indices_to_device(self.unlabeled_sampler.next())
         x_l_raw, y_l = self.x_train[lab], self.y_train[lab]
         x_u_raw = self.x_train[unl]
         x = torch.cat([self._aug(x_l_raw), self._aug(x_u_raw)])
@@ -774,25 +875,40 @@ class Trainer:
                       self.iteration, self.cfg.train.iterations)
         terms = [(t, w, key) for t, w, key in self._weighted_terms()
                  if w > 0 and (unl.numel() > 0 or not t.needs_unlabeled)]
-        for term, _, _ in terms:
-            term.before_forward(batch)
-        batch.output = model(x)
-        ce = F.cross_entropy(batch.logits_labeled, y_l)
-        loss = ce
-        logs: dict[str, Any] = {"ce": ce.detach()}
-        for term, weight, key in terms:
-            term_loss = term.loss(batch)
-            if term_loss is None:
-                continue
-            loss = loss + weight * term_loss
-            logs[key] = term_loss.detach()
-            if log_terms:
-                logs.update(term.log_terms(batch))
-        self._check_finite(loss)
+        with self._autocast():
+            for term, _, _ in terms:
+                term.before_forward(batch)
+            batch.output = model(x)
+            ce = F.cross_entropy(batch.logits_labeled, y_l)
+            loss = ce
+            logs: dict[str, Any] = {"ce": ce.detach()}
+            for term, weight, key in terms:
+                term_loss = term.loss(batch)
+                if term_loss is None:
+                    continue
+                loss = loss + weight * term_loss
+                logs[key] = term_loss.detach()
+                if log_terms:
+                    logs.update(term.log_terms(batch))
+        if self.scaler is None:
+            if check:
+                self._check_finite(loss)
+            else:
+                self._watch_loss(loss)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        self.scheduler.step()
+        if self.scaler is None:
+            loss.backward()
+            self.optimizer.step()
+            self.scheduler.step()
+        else:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)  # skipped when the gradients hold NaN or inf
+            self.scaler.update()
+            with warnings.catch_warnings():
+                # The schedule follows the iteration, skipped or not; a skipped first step makes
+                # LambdaLR warn that optimizer.step() was not called.
+                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)`")
+                self.scheduler.step()
         for term in self.terms:
             term.after_step(model)
         if self.ema_model is not None:
@@ -875,9 +991,10 @@ class Trainer:
             while self.iteration < tc.iterations:
                 it = self.iteration + 1
                 logging = sink and (it % tc.log_every == 0 or it == tc.iterations)
-                logs = self.train_step(log_terms=logging)
+                logs = self.train_step(log_terms=logging, check=False)
                 if logging:
-                    scalars = {k: float(v) for k, v in logs.items()}
+                    self._check_loss_history()  # nothing is logged from a diverged run
+                    scalars = _read_scalars(logs)
                     if metrics_f is not None:
                         metrics_f.write(json.dumps(_jsonable({"iteration": it, **scalars})) + "\n")
                     if self._tb is not None:
