@@ -255,3 +255,11 @@ def test_vat_probe_under_bf16_is_the_float64_direction(digits, monkeypatch):
     monkeypatch.setattr(vat_module, "_autocast_enabled", lambda device_type: False)
     cosine = _trainer_vat_direction_cosines(trainer, monkeypatch)
     assert cosine.median() < 0.5, cosine
+
+
+@pytest.mark.parametrize("name", ["bnm", "dann", "mcc", "mean_teacher", "pi_model", "pseudo_label", "supervised", "vat"])
+def test_every_method_steps_under_bf16_autocast(digits, name):
+    t = Trainer(tiny(**{"train.precision": "bf16", "method.name": name, "method.delta": 1.0, "train.ema_decay": 0.9}),
+                None, dataset=digits)
+    logs = [t.train_step(log_terms=True) for _ in range(3)]
+    assert all(math.isfinite(float(v)) for log in logs for v in log.values())
