@@ -922,8 +922,8 @@ class Trainer:
     @torch.no_grad()
     def _update_ema(self) -> None:
         d = self.cfg.train.ema_decay
-        for e, p in zip(self.ema_model.parameters(), self.model.parameters()):
-            e.lerp_(p.detach(), 1.0 - d)
+        # One fused kernel per group of tensors instead of one per parameter (same numbers).
+        torch._foreach_lerp_(list(self.ema_model.parameters()), [p.detach() for p in self.model.parameters()], 1.0 - d)
         for e, b in zip(self.ema_model.buffers(), self.model.buffers()):
             e.copy_(b)
 
