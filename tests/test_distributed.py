@@ -1,0 +1,148 @@
+"""Issue 13 §1 (first piece): BatchNorm synchronised over gloo on the CPU.
+
+Two processes, each holding half of a batch, must compute what one process computes on the whole
+batch: the same normalised outputs, the same running statistics, and the same gradients (for the
+inputs, and for the parameters once averaged over the ranks, as data-parallel training does).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+from supercm.distributed import SyncBatchNorm, convert_sync_batchnorm
+
+WORLD = 2
+# float32, sums in another order. atol: a bias right before a BatchNorm has gradient 0 in exact
+# arithmetic, so its computed gradient is rounding noise (~1e-6) in both runs.
+TOL = dict(rtol=1e-5, atol=1e-5)
+
+
+def _model(bn: type[nn.Module], dim: int) -> nn.Module:
+    torch.manual_seed(0)
+    if dim == 2:
+        m = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), bn(4), nn.ReLU(), nn.Conv2d(4, 2, 1), bn(2))
+    else:
+        m = nn.Sequential(nn.Linear(5, 6), bn(6), nn.ReLU(), nn.Linear(6, 3), bn(3))
+    with torch.no_grad():  # non-trivial affine parameters
+        for mod in m.modules():
+            if isinstance(mod, nn.modules.batchnorm._BatchNorm):
+                mod.weight.uniform_(0.5, 1.5)
+                mod.bias.uniform_(-0.5, 0.5)
+    return m
+
+
+def _batch(dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(8, 3, 5, 5, generator=g) * 3 + 1 if dim == 2 else torch.randn(8, 5, generator=g) * 3 + 1
+    w = torch.randn(x.shape[0], *([2, 5, 5] if dim == 2 else [3]), generator=g)
+    return x, w
+
+
+def _run(model, x, w, steps=2):
+    """Two training steps' outputs and gradients, then an eval-mode output; loss = mean(w · y)."""
+    outs = []
+    for _ in range(steps):
+        model.zero_grad()
+        x = x.detach().requires_grad_(True)
+        y = model(x)
+        (w * y).sum().div(x.shape[0]).backward()
+        outs.append((y.detach(), x.grad.detach(), [p.grad.detach().clone() for p in model.parameters()]))
+    model.eval()
+    ev = model(x.detach()).detach()
+    model.train()
+    stats = [b.detach().clone() for b in model.buffers()]
+    return outs, ev, stats
+
+
+def _worker(rank, world, init_file, dim, out_dir):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        model = convert_sync_batchnorm(_model(nn.BatchNorm2d if dim == 2 else nn.BatchNorm1d, dim))
+        assert sum(isinstance(m, SyncBatchNorm) for m in model.modules()) == 2
+        x, w = _batch(dim)
+        n = x.shape[0] // world
+        shard = slice(rank * n, (rank + 1) * n)
+        # Each rank's loss is the mean over its shard; the global loss is their mean.
+        outs = []
+        for _ in range(2):
+            model.zero_grad()
+            xs = x[shard].clone().requires_grad_(True)
+            y = model(xs)
+            (w[shard] * y).sum().div(n).backward()
+            grads = [p.grad.detach().clone() for p in model.parameters()]
+            for g in grads:
+                dist.all_reduce(g)
+                g /= world
+            outs.append((y.detach(), xs.grad.detach() / world, grads))
+        model.eval()
+        ev = model(x[shard]).detach()
+        model.train()
+        # Frozen statistics (VAT's probe, Π's second pass): batch statistics, no update.
+        before = [b.clone() for b in model.buffers()]
+        for m in model.modules():
+            if isinstance(m, SyncBatchNorm):
+                m.track_running_stats = False
+        frozen = model(x[shard]).detach()
+        unchanged = all(torch.equal(a, b) for a, b in zip(before, model.buffers()))
+        stats = [b.detach().clone() for b in before]
+        torch.save((outs, ev, stats, frozen, unchanged), os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("dim", [1, 2])
+def test_sync_batchnorm_over_gloo_equals_one_process(tmp_path, dim):
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_worker, args=(r, WORLD, str(tmp_path / "store"), dim, str(tmp_path)))
+             for r in range(WORLD)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=180)
+        assert p.exitcode == 0
+    results = {r: torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(WORLD)}
+
+    single = _model(nn.BatchNorm2d if dim == 2 else nn.BatchNorm1d, dim)
+    x, w = _batch(dim)
+    ref_outs, ref_eval, ref_stats = _run(copy.deepcopy(single), x, w)
+    n = x.shape[0] // WORLD
+    for rank, (outs, ev, stats, frozen, unchanged) in results.items():
+        shard = slice(rank * n, (rank + 1) * n)
+        for (y, gx, gp), (ry, rgx, rgp) in zip(outs, ref_outs):
+            torch.testing.assert_close(y, ry[shard], **TOL)
+            torch.testing.assert_close(gx, rgx[shard], **TOL)
+            for a, b in zip(gp, rgp):
+                torch.testing.assert_close(a, b, **TOL)
+        torch.testing.assert_close(ev, ref_eval[shard], **TOL)
+        for a, b in zip(stats, ref_stats):
+            torch.testing.assert_close(a.float(), b.float(), **TOL)  # running mean/var, batches tracked
+        assert unchanged
+    # Frozen statistics normalise with the global batch too.
+    single_frozen = copy.deepcopy(single)
+    _run(single_frozen, x, w)
+    for m in single_frozen.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.track_running_stats = False
+    ref_frozen = single_frozen(x).detach()
+    for rank, (_, _, _, frozen, _) in results.items():
+        torch.testing.assert_close(frozen, ref_frozen[rank * n:(rank + 1) * n], **TOL)
+
+
+def test_sync_batchnorm_without_a_process_group_is_batchnorm():
+    torch.manual_seed(0)
+    bn = nn.BatchNorm2d(3)
+    sync = convert_sync_batchnorm(copy.deepcopy(bn))
+    assert isinstance(sync, SyncBatchNorm)
+    x = torch.randn(4, 3, 2, 2)
+    assert torch.equal(sync(x), bn(x))
+    assert torch.equal(sync.running_var, bn.running_var)
+    sync.eval(), bn.eval()
+    assert torch.equal(sync(x), bn(x))
