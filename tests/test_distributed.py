@@ -146,3 +146,86 @@ def test_sync_batchnorm_without_a_process_group_is_batchnorm():
     assert torch.equal(sync.running_var, bn.running_var)
     sync.eval(), bn.eval()
     assert torch.equal(sync(x), bn(x))
+
+
+# --------------------------------------------------------------------------- the trainer, data-parallel
+
+TRAIN = {
+    "data": {"name": "digits", "num_labeled": 50, "num_validation": 50},
+    "model": {"backbone": "mlp", "options": {"width": 32, "depth": 2}},
+    "cm": {"beta": 0.3},
+    # SGD: Adam divides each gradient by its own magnitude, so the gradients that are 0 in exact arithmetic
+    # (weights on the digits' constant pixels, followed by BatchNorm) become ±lr steps of rounding noise
+    # that differs with the summation order; the logged losses agree under Adam too, the weights do not.
+    "optim": {"name": "sgd", "lr": 0.05, "momentum": 0.9},
+    "train": {"iterations": 12, "batch_labeled": 16, "batch_unlabeled": 16, "eval_every": 4, "checkpoint_every": 4,
+              "progress": False, "tensorboard": False, "ema_decay": 0.9, "sync_batchnorm": True},
+}
+
+
+def _train_worker(rank, world, init_file, run_dir, out_dir, dotted):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        from supercm.config import from_dict
+        from supercm.data import load_dataset
+        from supercm.train import Trainer
+
+        t = Trainer(from_dict(TRAIN).replace(**dotted), run_dir if rank == 0 else None, dataset=load_dataset("digits"))
+        result = t.fit()
+        torch.save({"state": t.model.state_dict(), "result": result.to_dict()}, os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def _spawn(target, tmp_path, *args):
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=target, args=(r, WORLD, str(tmp_path / "store"), *args)) for r in range(WORLD)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=300)
+    assert [p.exitcode for p in procs] == [0] * WORLD
+
+
+@pytest.mark.parametrize("dotted", [{}, {"method.name": "pseudo_label", "method.options": {"variant": "textbook"},
+                                         "train.batch_unlabeled": 32}])
+def test_two_gloo_processes_train_what_one_process_trains(tmp_path, dotted):
+    """The same global batch and seed on 2 processes (gloo, synchronised BatchNorm) and on 1: the
+    same logged losses and accuracies, the same evaluations and selected model, identical centroids on
+    every rank. Tolerance: float32 sums in another order; 1e-5 relative on every logged value and on
+    the weights after 12 steps (measured: 2e-7 and 4e-7; without synchronised BatchNorm: 0.5 and 0.37)."""
+    import json
+
+    from supercm.config import from_dict
+    from supercm.data import load_dataset
+    from supercm.train import Trainer
+
+    _spawn(_train_worker, tmp_path, str(tmp_path / "ddp"), str(tmp_path), dotted)
+    single = Trainer(from_dict(TRAIN).replace(**dotted), tmp_path / "one", dataset=load_dataset("digits"))
+    single.fit()
+    ddp = [json.loads(line) for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
+    one = [json.loads(line) for line in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in ddp] == [r["iteration"] for r in one] == list(range(1, 13))
+    for a, b in zip(ddp, one):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-7), (a["iteration"], k)
+    evals_ddp = [json.loads(line) for line in (tmp_path / "ddp" / "eval.jsonl").read_text().splitlines()]
+    evals_one = [json.loads(line) for line in (tmp_path / "one" / "eval.jsonl").read_text().splitlines()]
+    # Accuracies: float32 rounding can flip a near-tied argmax (the model is near chance after 12
+    # steps), so within 3 samples of the 599 test / 50 validation samples.
+    assert [e["iteration"] for e in evals_ddp] == [e["iteration"] for e in evals_one]
+    for a, b in zip(evals_ddp, evals_one):
+        for k in a:
+            if k != "iteration" and a[k] is not None and b[k] is not None:
+                assert abs(a[k] - b[k]) <= 3 / 599 + 1e-12 or abs(a[k] - b[k]) <= 1 / 50 + 1e-12, (a, b)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+    for name, value in single.model.state_dict().items():
+        for r in ranks:
+            if value.is_floating_point():
+                torch.testing.assert_close(r["state"][name], value, rtol=1e-5, atol=1e-6)
+            else:
+                assert torch.equal(r["state"][name], value)
+    assert torch.equal(ranks[0]["state"]["head.centroids"], ranks[1]["state"]["head.centroids"])
+    assert not (tmp_path / "ddp" / "rank1").exists() and (tmp_path / "ddp" / "checkpoint.pt").exists()

@@ -42,6 +42,7 @@ import torch.nn.functional as F
 import yaml
 from torch import Tensor, nn
 
+from . import distributed
 from .cm import ClusteringModule
 from .config import Config, ConfigError, OptimConfig, from_dict, read_yaml_file
 from .data import ArrayDataset, DomainPair, SSLSplit, joined_training_set, load_dataset, load_uda, stratified_split, uda_split
@@ -230,9 +231,10 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1000) -> 
     return correct / y.numel()
 
 
-def _read_scalars(logs: dict[str, Any]) -> dict[str, float]:
+def _read_scalars(logs: dict[str, Any], world: int = 1) -> dict[str, float]:
     """The logged values as Python floats, with one device read for all the tensors among them
-    (``float(t)`` per value would wait for the device once per value)."""
+    (``float(t)`` per value would wait for the device once per value). Data-parallel (``world`` > 1):
+    the tensors are averaged over the ranks (each is a mean over the rank's equal share of the batch)."""
     tensors = {k: v.detach().reshape(()) for k, v in logs.items() if isinstance(v, Tensor)}
     out = {k: float(v) for k, v in logs.items() if not isinstance(v, Tensor)}
     if tensors:
@@ -241,7 +243,11 @@ def _read_scalars(logs: dict[str, Any]) -> dict[str, float]:
             dtype = torch.promote_types(dtype, v.dtype)
         if any(v.device.type == "mps" for v in tensors.values()):
             dtype = torch.float32  # no float64 there
-        values = torch.stack([v.to(dtype) for v in tensors.values()]).tolist()
+        stacked = torch.stack([v.to(dtype) for v in tensors.values()])
+        if world > 1:
+            torch.distributed.all_reduce(stacked)
+            stacked /= world
+        values = stacked.tolist()
         out.update(zip(tensors, values))
     return {k: out[k] for k in logs}
 
@@ -397,6 +403,13 @@ class Trainer:
         seed_everything(tc.seed)
         self.device = resolve_device(tc.device)
         check_precision(tc.precision, self.device)
+        # Data-parallel: one process per rank of an initialised torch.distributed group (torchrun).
+        self.world = distributed.world_size()
+        self.rank = torch.distributed.get_rank() if self.world > 1 else 0
+        for key in ("batch_labeled", "batch_unlabeled"):
+            if getattr(tc, key) % self.world:
+                raise ConfigError(f"train.{key}={getattr(tc, key)} must be divisible by the number of processes "
+                                  f"({self.world}): it is the global batch, split evenly over the ranks")
 
         # Domain adaptation: one training set [source ; target], target labels hidden (never read).
         self.uda = cfg.data.target is not None
@@ -431,6 +444,9 @@ class Trainer:
             check_inputs=False,
         )
         self.model = CMClassifier(backbone, head).to(dev)
+        self._sync_bn = self.world > 1 and tc.sync_batchnorm
+        if self._sync_bn:
+            self.model = distributed.convert_sync_batchnorm(self.model)
         # The objective's terms, in the order they are summed: SuperCM (when β > 0), the base
         # method, the listed regularisers. (SuperCM first keeps the floating-point sum, and so
         # every run, identical to the trainer's earlier form CE + β·L_CM + δ·w·L_base.)
@@ -439,7 +455,12 @@ class Trainer:
         self.regularisers = [build_method(r.name, r.options) for r in cfg.regularisers]
         for term in self.terms:
             term.setup(self.model)
+            if self._sync_bn:
+                distributed.convert_sync_batchnorm(term)
             term.to(dev)
+        if self.world > 1:  # every rank starts from rank 0's weights (the seeds agree; this makes sure)
+            for t in [*self.model.state_dict().values(), *(v for term in self.terms for v in term.state_dict().values())]:
+                torch.distributed.broadcast(t, 0)
         self.ema_model = copy.deepcopy(self.model).requires_grad_(False) if tc.ema_decay > 0 else None
         self._dry_run(data.input_shape)
 
@@ -491,6 +512,13 @@ class Trainer:
             except BaseException:
                 self._release()
                 raise
+        if self.world > 1:
+            start = torch.tensor([self.iteration], device=dev)
+            torch.distributed.broadcast(start, 0)
+            if int(start) != self.iteration:
+                self._release()
+                raise RunDirError(f"rank 0 resumes from iteration {int(start)}, this rank starts at {self.iteration}: "
+                                  f"resuming a data-parallel run is not supported yet; start it again")
 
     @property
     def terms(self) -> list[Term]:
@@ -802,8 +830,9 @@ class Trainer:
         collapsed (every step overflowing and skipped). One host-device sync."""
         first = int(self._first_nonfinite)
         if first:
+            value = float(self._nonfinite_loss)  # finite (0) on a data-parallel rank whose own loss stayed finite
             raise FloatingPointError(
-                f"loss became {float(self._nonfinite_loss)} at iteration {first} (found at iteration "
+                f"loss became {value if not math.isfinite(value) else 'NaN or inf'} at iteration {first} (found at iteration "
                 f"{self.iteration}: fit() reads the loss on logged, evaluation and checkpoint iterations, so "
                 f"iterations {first}..{self.iteration} were not kept); lower optim.lr or cm.beta; "
                 f"{self._usable_checkpoint()}"
@@ -836,6 +865,57 @@ class Trainer:
     # ------------------------------------------------------------------ training
     def _aug(self, x: Tensor) -> Tensor:
         return self.augment(x, self.aug_generator)
+
+    def _shard(self, n: int) -> slice:
+        """This rank's rows of a global batch of ``n`` (contiguous, n / world each)."""
+        share = n // self.world
+        return slice(self.rank * share, (self.rank + 1) * share)
+
+    def _average_gradients(self) -> None:
+        """Data-parallel: every gradient becomes its mean over the ranks (one all-reduce). Each rank's
+        loss is a mean over its equal share of the batch, so this is the gradient of the global loss."""
+        if self.world == 1:
+            return
+        grads = [p.grad for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+        if not grads:
+            return
+        flat = torch._utils._flatten_dense_tensors(grads)
+        torch.distributed.all_reduce(flat)
+        flat /= self.world
+        for g, avg in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
+            g.copy_(avg)
+
+    def _agree_on_state(self) -> None:
+        """Data-parallel, at evaluation and checkpoint iterations: stop every rank if any rank's loss
+        or state diverged, and (without synchronised BatchNorm) give every rank rank 0's BatchNorm
+        statistics, so that all ranks evaluate, select and save the same model."""
+        if self.world == 1:
+            self._check_state_finite()
+            return
+        first = torch.where(self._first_nonfinite > 0, self._first_nonfinite, torch.iinfo(torch.long).max)
+        finite = torch.tensor([1.0 if _all_finite(self._state_tensors()) else 0.0], device=self.device)
+        flags = torch.stack([first.double(), -finite[0].double()])
+        torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MIN)
+        if flags[0] < torch.iinfo(torch.long).max:
+            self._first_nonfinite = flags[0].long()
+        if flags[1] > -1:  # some rank holds NaN/inf: every rank raises, the checkpoint stays
+            self._check_loss_history()
+            raise FloatingPointError(
+                f"the model diverged by iteration {self.iteration} on at least one rank (NaN or inf in its "
+                f"weights or BatchNorm statistics); lower optim.lr or cm.beta; {self._usable_checkpoint()}"
+            )
+        self._check_loss_history()
+        if not self._sync_bn:
+            for model in (self.model, self.ema_model):
+                if model is not None:
+                    for b in model.buffers():
+                        torch.distributed.broadcast(b, 0)
+
+    def _state_tensors(self) -> list[Tensor]:
+        tensors = list(self.model.state_dict().values()) + [v for t in self.terms for v in t.state_dict().values()]
+        if self.ema_model is not None:
+            tensors += list(self.ema_model.state_dict().values())
+        return tensors
 
     def _autocast(self):
         """Autocast to ``train.precision``'s dtype (a no-op context for fp32)."""
@@ -870,7 +950,13 @@ class Trainer:
         unl = self._indices_to_device(self.unlabeled_sampler.next())
         x_l_raw, y_l = self.x_train[lab], self.y_train[lab]
         x_u_raw = self.x_train[unl]
-        x = torch.cat([self._aug(x_l_raw), self._aug(x_u_raw)])
+        x_l, x_u = self._aug(x_l_raw), self._aug(x_u_raw)
+        if self.world > 1:
+            # Every rank draws the global batch and its augmentation (same generators, same seed) and
+            # keeps its own contiguous share: the data seen is a single-process run's.
+            sl, su = self._shard(lab.numel()), self._shard(unl.numel())
+            x_l_raw, y_l, x_l, x_u_raw, x_u, unl = x_l_raw[sl], y_l[sl], x_l[sl], x_u_raw[su], x_u[su], unl[su]
+        x = torch.cat([x_l, x_u])
         batch = Batch(model, x, torch.cat([x_l_raw, x_u_raw]), y_l.numel(), y_l, self._aug,
                       self.iteration, self.cfg.train.iterations)
         terms = [(t, w, key) for t, w, key in self._weighted_terms()
@@ -898,10 +984,12 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is None:
             loss.backward()
+            self._average_gradients()
             self.optimizer.step()
             self.scheduler.step()
         else:
             self.scaler.scale(loss).backward()
+            self._average_gradients()
             self.scaler.step(self.optimizer)  # skipped when the gradients hold NaN or inf
             self.scaler.update()
             with warnings.catch_warnings():
@@ -986,6 +1074,7 @@ class Trainer:
             bar = tqdm(total=tc.iterations, initial=self.iteration, dynamic_ncols=True, leave=False)
         rec: dict[str, float] = {}
         sink = metrics_f is not None or self._tb is not None or bar is not None  # anyone reading the logs?
+        sink = sink or self.world > 1  # data-parallel: every rank takes part in reading the logged values
         try:
             start = time.perf_counter() - self.elapsed
             while self.iteration < tc.iterations:
@@ -993,8 +1082,10 @@ class Trainer:
                 logging = sink and (it % tc.log_every == 0 or it == tc.iterations)
                 logs = self.train_step(log_terms=logging, check=False)
                 if logging:
+                    if self.world > 1:
+                        self._agree_on_state()
                     self._check_loss_history()  # nothing is logged from a diverged run
-                    scalars = _read_scalars(logs)
+                    scalars = _read_scalars(logs, self.world)
                     if metrics_f is not None:
                         metrics_f.write(json.dumps(_jsonable({"iteration": it, **scalars})) + "\n")
                     if self._tb is not None:
@@ -1003,7 +1094,7 @@ class Trainer:
                     if bar is not None:
                         bar.set_postfix(loss=f"{scalars['loss']:.3f}", ce=f"{scalars['ce']:.3f}", refresh=False)
                 if it % tc.eval_every == 0 or it == tc.iterations:
-                    self._check_state_finite()  # a model with NaN statistics scores chance: stop instead
+                    self._agree_on_state()  # a model with NaN statistics scores chance: stop instead
                     rec = self.evaluate_now(final=it == tc.iterations)
                     if evals_f is not None:
                         evals_f.write(json.dumps(_jsonable(rec)) + "\n")
@@ -1023,6 +1114,8 @@ class Trainer:
                 if (tc.checkpoint_every and it % tc.checkpoint_every == 0) or it == tc.iterations:
                     if metrics_f is not None:
                         metrics_f.flush()
+                    if self.world > 1:
+                        self._agree_on_state()
                     self.save_checkpoint()
         finally:
             if bar is not None:
