@@ -512,13 +512,13 @@ class Trainer:
             except BaseException:
                 self._release()
                 raise
-        if self.world > 1:
-            start = torch.tensor([self.iteration], device=dev)
-            torch.distributed.broadcast(start, 0)
-            if int(start) != self.iteration:
+        if self.world > 1:  # every rank must start where the others do; all of them stop if not
+            start = torch.tensor([self.iteration, -self.iteration], device=dev)
+            torch.distributed.all_reduce(start, op=torch.distributed.ReduceOp.MAX)
+            if int(start[0]) != -int(start[1]):
                 self._release()
-                raise RunDirError(f"rank 0 resumes from iteration {int(start)}, this rank starts at {self.iteration}: "
-                                  f"resuming a data-parallel run is not supported yet; start it again")
+                raise RunDirError(f"the ranks would start at iterations {-int(start[1])} and {int(start[0])} (rank 0 "
+                                  f"resumes a checkpoint): resuming a data-parallel run is not supported yet; start it again")
 
     @property
     def terms(self) -> list[Term]:
@@ -1068,7 +1068,7 @@ class Trainer:
             evals_f = open(self.run_dir / EVALS, "a")
             self._tb = _tensorboard(self.run_dir, self.iteration) if tc.tensorboard else None
         bar = None
-        if tc.progress:
+        if tc.progress and self.rank == 0:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=tc.iterations, initial=self.iteration, dynamic_ncols=True, leave=False)
