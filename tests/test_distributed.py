@@ -251,8 +251,7 @@ def _torchrun(*args: str):
 
 def test_torchrun_trains_one_run_on_two_processes(tmp_path):
     """``torchrun --nproc_per_node=2 -m supercm train CONFIG`` on the CPU (gloo) logs what
-    ``supercm train CONFIG`` logs, within float32 rounding; only rank 0 writes; a data-parallel
-    resume is refused with a message on every rank (not supported yet)."""
+    ``supercm train CONFIG`` logs, within float32 rounding; only rank 0 writes."""
     import json
 
     from supercm.cli import main
@@ -268,8 +267,25 @@ def test_torchrun_trains_one_run_on_two_processes(tmp_path):
         for k in a:
             assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-7), (a["iteration"], k)
 
-    (tmp_path / "ddp" / "config.yaml").write_text(
-        (tmp_path / "ddp" / "config.yaml").read_text().replace("iterations: 20", "iterations: 30"))
-    res = _torchrun("--resume", str(tmp_path / "ddp"))
-    assert res.returncode != 0
-    assert "resuming a data-parallel run is not supported yet" in res.stderr
+
+
+def test_torchrun_resume_ends_where_an_uninterrupted_run_ends(tmp_path, capsys):
+    """Kill + resume under torchrun (same world size): VAT draws its start direction from each rank's
+    own random state, which the checkpoint holds for every rank. Another number of processes is refused."""
+    from supercm.cli import main
+
+    vat = [*CLI_RUN, "method.name=vat", "method.delta=1"]
+    assert _torchrun(*vat, "--run-dir", str(tmp_path / "full")).returncode == 0
+    half = vat[:1] + ["train.iterations=10"] + vat[2:]
+    assert _torchrun(*half, "--run-dir", str(tmp_path / "half")).returncode == 0
+    cfg = tmp_path / "half" / "config.yaml"
+    cfg.write_text(cfg.read_text().replace("iterations: 10", "iterations: 20"))
+    res = _torchrun("--resume", str(tmp_path / "half"))
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert (tmp_path / "full" / "metrics.jsonl").read_text() == (tmp_path / "half" / "metrics.jsonl").read_text()
+    assert (tmp_path / "full" / "eval.jsonl").read_text() == (tmp_path / "half" / "eval.jsonl").read_text()
+    a, b = (torch.load(tmp_path / d / "checkpoint.pt", weights_only=True) for d in ("full", "half"))
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert a["world_size"] == 2 and len(a["rank_rng"]) == 2
+    assert main(["train", "--resume", str(tmp_path / "half")]) == 2  # one process: refused
+    assert "written by 2 process(es), this run has 1" in capsys.readouterr().err

@@ -96,8 +96,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if args.config or args.overrides:
             raise UsageError("supercm train --resume RUN_DIR takes no config or overrides: the run's own config.yaml is used")
         rank = _init_distributed(read_run_config(Path(args.resume)))
-        # Only rank 0 owns the run directory; the others are refused by the Trainer (data-parallel resume).
-        trainer = Trainer.resume(args.resume) if rank == 0 else Trainer(read_run_config(Path(args.resume)), None)
+        # Data-parallel: rank 0 owns the run directory, the other ranks read its checkpoint.
+        trainer = Trainer.resume(args.resume)
     else:
         if not args.config and not args.overrides:
             raise UsageError("supercm train needs a CONFIG file (see configs/) and/or key=value overrides")

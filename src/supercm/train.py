@@ -474,6 +474,7 @@ class Trainer:
         # that loss, kept on the device and read only on logged, evaluation and checkpoint steps.
         self._first_nonfinite = torch.zeros((), dtype=torch.long, device=self.device)
         self._nonfinite_loss = torch.zeros((), device=self.device)
+        self._rank_rng: list | None = None  # data-parallel: every rank's random state at the last checkpoint
         try:
             if self.uda:
                 self.split = uda_split(dataset.source.train_y, dataset.target.train_y.numel(),
@@ -492,6 +493,13 @@ class Trainer:
         self.elapsed = 0.0
         self._tb = None
         checkpoint = None
+        if self.run_dir is not None and self.rank != 0:
+            # Data-parallel: rank 0 owns the directory; the other ranks only read the split and the
+            # checkpoint it resumes from, and write nothing.
+            if _resuming and (self.run_dir / CHECKPOINT).exists():
+                self.split = SSLSplit.load(self.run_dir / SPLIT)
+                checkpoint = self._read_checkpoint(self.run_dir / CHECKPOINT)
+            self.run_dir = None
         if self.run_dir is not None:
             # Everything above is checked; only now is the directory touched.
             self._lock = self._take_run_dir()
@@ -512,13 +520,16 @@ class Trainer:
             except BaseException:
                 self._release()
                 raise
+        elif checkpoint is not None:
+            self.load_state_dict(checkpoint)
         if self.world > 1:  # every rank must start where the others do; all of them stop if not
             start = torch.tensor([self.iteration, -self.iteration], device=dev)
             torch.distributed.all_reduce(start, op=torch.distributed.ReduceOp.MAX)
             if int(start[0]) != -int(start[1]):
                 self._release()
                 raise RunDirError(f"the ranks would start at iterations {-int(start[1])} and {int(start[0])} (rank 0 "
-                                  f"resumes a checkpoint): resuming a data-parallel run is not supported yet; start it again")
+                                  f"resumes a checkpoint): resume a data-parallel run with 'torchrun ... -m supercm train --resume RUN_DIR' "
+                                  f"(every rank reads rank 0's checkpoint)")
 
     @property
     def terms(self) -> list[Term]:
@@ -755,11 +766,21 @@ class Trainer:
             state["ema_model"] = self.ema_model.state_dict()
         if self.scaler is not None:
             state["grad_scaler"] = self.scaler.state_dict()
+        if self.world > 1:
+            state["world_size"] = self.world
+            state["rank_rng"] = self._rank_rng  # every rank's, gathered by _fit before the checkpoint
         if self.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
         return state
 
     def load_state_dict(self, state: dict) -> None:
+        saved_world = int(state.get("world_size", 1))
+        if saved_world != self.world:
+            how = "plain 'supercm train --resume'" if saved_world == 1 else f"torchrun --nproc_per_node={saved_world}"
+            raise RunDirError(
+                f"the checkpoint was written by {saved_world} process(es), this run has {self.world}: resume it on "
+                f"{saved_world} ({how}); another number of processes would change the batch shards and BatchNorm"
+            )
         if state["split_sha256"] != self.split.checksum():
             raise RunDirError(
                 "checkpoint was written for another data split than split.json; refusing to resume on a "
@@ -779,6 +800,11 @@ class Trainer:
             torch.set_rng_state(state["torch_rng"])
             if "cuda_rng" in state and self.device.type == "cuda":
                 torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+            if self.world > 1 and state.get("rank_rng"):  # this rank's own random state (dropout, VAT's start)
+                own = state["rank_rng"][self.rank]
+                torch.set_rng_state(own["torch"])
+                if "cuda" in own and self.device.type == "cuda":
+                    torch.cuda.set_rng_state(own["cuda"], self.device)
             if self.ema_model is not None:
                 self.ema_model.load_state_dict(state["ema_model"])
             if self.scaler is not None:
@@ -910,6 +936,15 @@ class Trainer:
                 if model is not None:
                     for b in model.buffers():
                         torch.distributed.broadcast(b, 0)
+
+    def _gather_rng_states(self) -> None:
+        """Every rank's random state, for rank 0's checkpoint (a collective)."""
+        own = {"torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            own["cuda"] = torch.cuda.get_rng_state(self.device)
+        states: list[Any] = [None] * self.world
+        torch.distributed.all_gather_object(states, own)
+        self._rank_rng = states
 
     def _state_tensors(self) -> list[Tensor]:
         tensors = list(self.model.state_dict().values()) + [v for t in self.terms for v in t.state_dict().values()]
@@ -1116,6 +1151,7 @@ class Trainer:
                         metrics_f.flush()
                     if self.world > 1:
                         self._agree_on_state()
+                        self._gather_rng_states()
                     self.save_checkpoint()
         finally:
             if bar is not None:
