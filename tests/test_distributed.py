@@ -289,3 +289,38 @@ def test_torchrun_resume_ends_where_an_uninterrupted_run_ends(tmp_path, capsys):
     assert a["world_size"] == 2 and len(a["rank_rng"]) == 2
     assert main(["train", "--resume", str(tmp_path / "half")]) == 2  # one process: refused
     assert "written by 2 process(es), this run has 1" in capsys.readouterr().err
+
+
+def _diverging_worker(rank, world, init_file, out_dir):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        from supercm.config import from_dict
+        from supercm.data import load_dataset
+        from supercm.train import Trainer
+
+        cfg = from_dict(TRAIN).replace(**{"train.log_every": 5})
+        t = Trainer(cfg, os.path.join(out_dir, "run") if rank == 0 else None, dataset=load_dataset("digits"))
+        if rank == 1:  # only rank 1's loss goes bad, at its 7th step (not a logged one)
+            original = t.supercm.loss
+            t.supercm.loss = lambda batch: original(batch) * (float("nan") if batch.iteration == 6 else 1.0)
+        try:
+            t.fit()
+            message = "finished"
+        except FloatingPointError as exc:
+            message = str(exc)
+        with open(os.path.join(out_dir, f"rank{rank}.txt"), "w") as f:
+            f.write(message)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_divergence_on_one_rank_stops_every_rank(tmp_path):
+    """Rank 1's loss is NaN at iteration 7; at the next logged/evaluation/checkpoint iteration (8)
+    both ranks stop with the same iteration in their message, and rank 0's checkpoint of 4 stays."""
+    _spawn(_diverging_worker, tmp_path, str(tmp_path))
+    messages = [(tmp_path / f"rank{r}.txt").read_text() for r in range(WORLD)]
+    for m in messages:
+        assert "at iteration 7 (found at iteration 8" in m, m
+    assert "checkpoint.pt from iteration 4 is intact" in messages[0]
+    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["iteration"] == 4
