@@ -19,8 +19,13 @@ median and IQR, so a drift of the shared machine hits both sides of a ratio alik
     python benchmarks/throughput.py --batch 64 --reps 20 # on a GPU: the paper's batch sizes
     python benchmarks/throughput.py --quick              # smoke run (seconds)
 
-Not measured yet (issue 13): ``torch.compile`` / ``channels_last`` (no such options yet), DDP
-scaling (no DDP yet), ResNet-50.
+``--ddp``: data-parallel scaling, 1 vs 2 processes (gloo on the CPU, synchronised BatchNorm) on
+the same global batch, for the fp32 SuperCM step of each task: the two process counts alternate,
+``--ddp-reps`` times each, and each run reports the median seconds per step of its rank 0. On a
+2-core machine the 2 processes share it with everything else, so read it as "what 2 ranks cost
+here", not as GPU scaling.
+
+Not measured yet (issue 13): ``torch.compile`` / ``channels_last`` (no such options yet), ResNet-50.
 """
 
 from __future__ import annotations
@@ -57,7 +62,8 @@ def _synthetic(shape, n: int, seed: int, augment: dict | None = None, num_classe
                         num_classes, dict(augment or {}))
 
 
-def build_trainer(task: str, arm: str, batch: int, device: str = "cpu", model_options: dict | None = None) -> Trainer:
+def build_trainer(task: str, arm: str, batch: int, device: str = "cpu", model_options: dict | None = None,
+                  sync_batchnorm: bool = False) -> Trainer:
     backbone, options, shape, augment, method, optim = TASKS[task]
     precision, variant = arm.split("-")
     cfg = {
@@ -67,7 +73,8 @@ def build_trainer(task: str, arm: str, batch: int, device: str = "cpu", model_op
         "method": {"name": method, "delta": 1.0, "rampup": 0},
         "optim": optim,
         "train": {"batch_labeled": batch, "batch_unlabeled": batch, "precision": precision, "device": device,
-                  "ema_decay": 0.99 if task == "ssl" else 0.0, "progress": False, "tensorboard": False, "seed": 0},
+                  "ema_decay": 0.99 if task == "ssl" else 0.0, "progress": False, "tensorboard": False, "seed": 0,
+                  "sync_batchnorm": sync_batchnorm},
     }
     if task == "uda":
         cfg["data"].update(target="synthetic-target", num_labeled=1)
@@ -98,8 +105,58 @@ def time_task(task: str, batch: int, reps: int, warmup: int, block: int, device:
 DEFAULT_BLOCK = {"ssl": 1, "uda": 5}
 
 
+def _ddp_worker(rank, world, init_file, task, batch, steps, warmup, out):
+    import os
+    import statistics
+    import time
+
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        t = build_trainer(task, "fp32-supercm", batch, sync_batchnorm=True)
+        times = []
+        for i in range(warmup + steps):
+            dist.barrier()
+            t0 = time.perf_counter()
+            t.train_step(check=False)
+            if i >= warmup:
+                times.append(time.perf_counter() - t0)
+        if rank == 0:
+            with open(os.path.join(out, "ddp.txt"), "w") as f:
+                f.write(str(statistics.median(times)))
+    finally:
+        dist.destroy_process_group()
+
+
+def time_ddp(task: str, batch: int, reps: int, steps: int = 5, warmup: int = 2) -> dict:
+    """Median s/step of the fp32 SuperCM step on 1 and on 2 processes (same global batch), alternated."""
+    import tempfile
+
+    import torch.multiprocessing as mp
+
+    out: dict[str, list[float]] = {"1": [], "2": []}
+    for _ in range(reps):
+        for world in (1, 2):
+            with tempfile.TemporaryDirectory() as tmp:
+                ctx = mp.get_context("spawn")
+                procs = [ctx.Process(target=_ddp_worker, args=(r, world, f"{tmp}/store", task, batch, steps, warmup, tmp))
+                         for r in range(world)]
+                for p in procs:
+                    p.start()
+                for p in procs:
+                    p.join()
+                if any(p.exitcode for p in procs):
+                    raise RuntimeError(f"a data-parallel worker failed ({task}, {world} processes)")
+                out[str(world)].append(float(Path(tmp, "ddp.txt").read_text()))
+    return {"task": task, "seconds_per_step": {k: common.summarize(v) for k, v in out.items()},
+            "speedup_2_over_1": common.ratio_summary(out["1"], out["2"]), "raw_seconds": out}
+
+
 def run(tasks=tuple(TASKS), batch: int = 8, reps: int = 5, warmup: int = 2, block: int | None = None,
-        device: str = "cpu", threads: int | None = None, model_options: dict | None = None, echo=print) -> dict:
+        device: str = "cpu", threads: int | None = None, model_options: dict | None = None, ddp: bool = False,
+        ddp_reps: int = 3, echo=print) -> dict:
     threads = common.set_threads(threads)
     machine = common.machine_info()
     block = {t: block or DEFAULT_BLOCK[t] for t in tasks}
@@ -110,8 +167,16 @@ def run(tasks=tuple(TASKS), batch: int = 8, reps: int = 5, warmup: int = 2, bloc
         echo(f"{task}: " + "  ".join(f"{a} {r['seconds_per_step'][a]['median']:.3f} s" for a in ARMS)
              + f"  bf16 speed-up {common.fmt_ratio(r['bf16_speedup']['supercm'])}"
              + f"  SuperCM overhead fp32 {common.fmt_ratio(r['supercm_overhead']['fp32'])}")
+    ddp_rows = []
+    if ddp:
+        for task in tasks:
+            r = time_ddp(task, batch, ddp_reps)
+            ddp_rows.append(r)
+            echo(f"{task} data-parallel: 1 process {r['seconds_per_step']['1']['median']:.3f} s/step, 2 processes "
+                 f"{r['seconds_per_step']['2']['median']:.3f} s/step, speed-up {common.fmt_ratio(r['speedup_2_over_1'], 2)}")
     return {
         "benchmark": "throughput",
+        "ddp": ddp_rows,
         "command": common.command_line(),
         "machine": machine,
         "settings": {"reps": reps, "warmup": warmup, "steps_per_block": block, "batch_labeled": batch,
@@ -147,6 +212,13 @@ def to_markdown(data: dict) -> str:
             common.fmt_ratio(r["authors_overhead_fp32"]),
         ])
     out.append(common.markdown_table(header, rows))
+    if data.get("ddp"):
+        out += ["", "Data-parallel (gloo, synchronised BatchNorm, fp32 SuperCM step, same global batch; rank 0's median "
+                "s/step per run, the two process counts alternated):", ""]
+        out.append(common.markdown_table(
+            ["task", "1 process s/step", "2 processes s/step", "speed-up 2 vs 1"],
+            [[r["task"], f"{r['seconds_per_step']['1']['median']:.3f}", f"{r['seconds_per_step']['2']['median']:.3f}",
+              common.fmt_ratio(r["speedup_2_over_1"], 2)] for r in data["ddp"]]))
     return "\n".join(out)
 
 
@@ -159,13 +231,15 @@ def main(argv=None) -> None:
     p.add_argument("--block", type=int, default=None, help="steps per arm per repetition (default: ssl 1, uda 5)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--ddp", action="store_true", help="also time 1 vs 2 data-parallel processes (gloo)")
+    p.add_argument("--ddp-reps", type=int, default=3, help="alternations of 1 and 2 processes")
     p.add_argument("--quick", action="store_true", help="tiny sizes, 2 repetitions (a smoke run)")
     p.add_argument("--out", default=None, help="directory for throughput.json / .md (default benchmarks/results)")
     args = p.parse_args(argv)
     kw = dict(tasks=args.tasks, batch=args.batch, reps=args.reps, warmup=args.warmup, block=args.block,
-              device=args.device, threads=args.threads)
+              device=args.device, threads=args.threads, ddp=args.ddp, ddp_reps=args.ddp_reps)
     if args.quick:
-        kw.update(batch=2, reps=2, warmup=1)
+        kw.update(batch=2, reps=2, warmup=1, ddp_reps=1)
     data = run(**kw)
     jp, mp = common.write_results("throughput", data, to_markdown(data), args.out)
     print(mp.read_text())

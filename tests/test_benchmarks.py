@@ -120,3 +120,8 @@ def test_throughput_arms_differ_only_in_precision_and_supercm():
     t = {a: throughput.build_trainer("uda", a, 2) for a in ("fp32-base", "bf16-supercm", "fp32-authors")}
     assert t["fp32-base"].cfg.replace(**{"train.precision": "bf16", "cm.beta": 1.0}) == t["bf16-supercm"].cfg
     assert t["fp32-authors"].cfg.cm.features == "eval_pass" and t["bf16-supercm"].cfg.cm.features == "reuse"
+
+
+def test_throughput_ddp_scaling_runs():
+    r = throughput.time_ddp("uda", batch=2, reps=1, steps=1, warmup=0)
+    assert set(r["seconds_per_step"]) == {"1", "2"} and r["speedup_2_over_1"]["median"] > 0
