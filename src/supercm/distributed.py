@@ -9,7 +9,8 @@ process holding the whole batch. Without an initialised process group (or with o
 ``torch.nn.BatchNorm``.
 
 This is the BatchNorm a 2-process gloo run needs to equal a 1-process run of the same global
-batch; the trainer does not run data-parallel yet.
+batch: the trainer swaps it in for every BatchNorm with ``train.sync_batchnorm=true`` when it runs
+under a process group (``torchrun -m supercm train``; see :class:`supercm.train.Trainer`).
 """
 
 from __future__ import annotations

@@ -15,6 +15,12 @@ directory while it trains in it, every file found there is checked against the
 config before anything is written, a checkpoint is only written when every
 weight and buffer is finite, and the checkpoint records the config it was
 written for.
+
+``train.precision`` runs the step under autocast (bf16, or fp16 with a gradient scaler), and the
+steady-state step never waits for the device: the divergence guard and the logs are read on
+logged, evaluation and checkpoint iterations only. Under an initialised ``torch.distributed``
+process group (``torchrun -m supercm train``) each rank trains on its share of the global batch
+with averaged gradients; only rank 0 writes the run directory.
 """
 
 from __future__ import annotations
