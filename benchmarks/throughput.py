@@ -25,7 +25,9 @@ the same global batch, for the fp32 SuperCM step of each task: the two process c
 2-core machine the 2 processes share it with everything else, so read it as "what 2 ranks cost
 here", not as GPU scaling.
 
-Not measured yet (issue 13): ``torch.compile`` / ``channels_last`` (no such options yet), ResNet-50.
+``--channels-last``: the SuperCM arms again with ``train.channels_last`` (NHWC weights and batches).
+
+Not measured yet (issue 13): ``torch.compile`` (no such option yet), ResNet-50.
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ TASKS = {
              "schedule": "annealed"}),
 }
 ARMS = ("fp32-base", "fp32-supercm", "fp32-authors", "bf16-base", "bf16-supercm")
+#: ``--channels-last``: the SuperCM arms again with train.channels_last (NHWC), image tasks.
+CL_ARMS = ("fp32-supercm-cl", "bf16-supercm-cl")
 
 
 def _synthetic(shape, n: int, seed: int, augment: dict | None = None, num_classes: int = 10) -> ArrayDataset:
@@ -65,7 +69,7 @@ def _synthetic(shape, n: int, seed: int, augment: dict | None = None, num_classe
 def build_trainer(task: str, arm: str, batch: int, device: str = "cpu", model_options: dict | None = None,
                   sync_batchnorm: bool = False) -> Trainer:
     backbone, options, shape, augment, method, optim = TASKS[task]
-    precision, variant = arm.split("-")
+    precision, variant, *layout = arm.split("-")
     cfg = {
         "data": {"name": "synthetic", "num_labeled": 100, "num_validation": 0, "augmentation": augment},
         "model": {"backbone": backbone, "options": {**options, **(model_options or {})}},
@@ -74,7 +78,7 @@ def build_trainer(task: str, arm: str, batch: int, device: str = "cpu", model_op
         "optim": optim,
         "train": {"batch_labeled": batch, "batch_unlabeled": batch, "precision": precision, "device": device,
                   "ema_decay": 0.99 if task == "ssl" else 0.0, "progress": False, "tensorboard": False, "seed": 0,
-                  "sync_batchnorm": sync_batchnorm},
+                  "sync_batchnorm": sync_batchnorm, "channels_last": layout == ["cl"]},
     }
     if task == "uda":
         cfg["data"].update(target="synthetic-target", num_labeled=1)
@@ -84,8 +88,9 @@ def build_trainer(task: str, arm: str, batch: int, device: str = "cpu", model_op
     return Trainer(from_dict(cfg), None, dataset=dataset)
 
 
-def time_task(task: str, batch: int, reps: int, warmup: int, block: int, device: str, model_options=None) -> dict:
-    trainers = {a: build_trainer(task, a, batch, device, model_options) for a in ARMS}
+def time_task(task: str, batch: int, reps: int, warmup: int, block: int, device: str, model_options=None,
+              arms=ARMS) -> dict:
+    trainers = {a: build_trainer(task, a, batch, device, model_options) for a in arms}
     steps = {a: (lambda t=t: t.train_step(check=False)) for a, t in trainers.items()}
     times = common.interleaved_times(steps, reps=reps, warmup=warmup, block=block)
     images = 2 * batch  # labeled + unlabeled (source + target)
@@ -97,6 +102,8 @@ def time_task(task: str, batch: int, reps: int, warmup: int, block: int, device:
         "bf16_speedup": {v: ratio(times[f"fp32-{v}"], times[f"bf16-{v}"]) for v in ("base", "supercm")},
         "supercm_overhead": {p: ratio(times[f"{p}-supercm"], times[f"{p}-base"]) for p in ("fp32", "bf16")},
         "authors_overhead_fp32": ratio(times["fp32-authors"], times["fp32-base"]),
+        "channels_last_speedup": {p: ratio(times[f"{p}-supercm"], times[f"{p}-supercm-cl"])
+                                  for p in ("fp32", "bf16") if f"{p}-supercm-cl" in times},
         "raw_seconds": times,
     }
 
@@ -156,13 +163,14 @@ def time_ddp(task: str, batch: int, reps: int, steps: int = 5, warmup: int = 2) 
 
 def run(tasks=tuple(TASKS), batch: int = 8, reps: int = 5, warmup: int = 2, block: int | None = None,
         device: str = "cpu", threads: int | None = None, model_options: dict | None = None, ddp: bool = False,
-        ddp_reps: int = 3, echo=print) -> dict:
+        ddp_reps: int = 3, channels_last: bool = False, echo=print) -> dict:
     threads = common.set_threads(threads)
     machine = common.machine_info()
     block = {t: block or DEFAULT_BLOCK[t] for t in tasks}
     rows = []
     for task in tasks:
-        r = time_task(task, batch, reps, warmup, block[task], device, (model_options or {}).get(task))
+        r = time_task(task, batch, reps, warmup, block[task], device, (model_options or {}).get(task),
+                      ARMS + (CL_ARMS if channels_last else ()))
         rows.append(r)
         echo(f"{task}: " + "  ".join(f"{a} {r['seconds_per_step'][a]['median']:.3f} s" for a in ARMS)
              + f"  bf16 speed-up {common.fmt_ratio(r['bf16_speedup']['supercm'])}"
@@ -212,6 +220,15 @@ def to_markdown(data: dict) -> str:
             common.fmt_ratio(r["authors_overhead_fp32"]),
         ])
     out.append(common.markdown_table(header, rows))
+    cl = [r for r in data["results"] if r.get("channels_last_speedup")]
+    if cl:
+        out += ["", "channels_last (train.channels_last, NHWC), SuperCM step, speed-up over the default layout:", ""]
+        out.append(common.markdown_table(
+            ["task", "fp32 s/step NHWC", "bf16 s/step NHWC", "speed-up fp32", "speed-up bf16"],
+            [[r["task"], f"{r['seconds_per_step']['fp32-supercm-cl']['median']:.3f}",
+              f"{r['seconds_per_step']['bf16-supercm-cl']['median']:.3f}",
+              common.fmt_ratio(r["channels_last_speedup"]["fp32"], 2),
+              common.fmt_ratio(r["channels_last_speedup"]["bf16"], 2)] for r in cl]))
     if data.get("ddp"):
         out += ["", "Data-parallel (gloo, synchronised BatchNorm, fp32 SuperCM step, same global batch; rank 0's median "
                 "s/step per run, the two process counts alternated):", ""]
@@ -232,12 +249,14 @@ def main(argv=None) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--ddp", action="store_true", help="also time 1 vs 2 data-parallel processes (gloo)")
+    p.add_argument("--channels-last", action="store_true", help="also time the SuperCM arms with train.channels_last")
     p.add_argument("--ddp-reps", type=int, default=3, help="alternations of 1 and 2 processes")
     p.add_argument("--quick", action="store_true", help="tiny sizes, 2 repetitions (a smoke run)")
     p.add_argument("--out", default=None, help="directory for throughput.json / .md (default benchmarks/results)")
     args = p.parse_args(argv)
     kw = dict(tasks=args.tasks, batch=args.batch, reps=args.reps, warmup=args.warmup, block=args.block,
-              device=args.device, threads=args.threads, ddp=args.ddp, ddp_reps=args.ddp_reps)
+              device=args.device, threads=args.threads, ddp=args.ddp, ddp_reps=args.ddp_reps,
+              channels_last=args.channels_last)
     if args.quick:
         kw.update(batch=2, reps=2, warmup=1, ddp_reps=1)
     data = run(**kw)

@@ -110,9 +110,10 @@ def test_time_to_accuracy_runs(tmp_path):
 
 
 def test_throughput_benchmark_runs(tmp_path):
-    data = throughput.run(tasks=["uda"], batch=2, reps=1, warmup=0, threads=1, echo=lambda *_: None)
+    data = throughput.run(tasks=["uda"], batch=2, reps=1, warmup=0, threads=1, channels_last=True, echo=lambda *_: None)
     r = _roundtrip("throughput", data, throughput.to_markdown(data), tmp_path)["results"][0]
-    assert set(r["seconds_per_step"]) == set(throughput.ARMS)
+    assert set(r["seconds_per_step"]) == set(throughput.ARMS + throughput.CL_ARMS)
+    assert set(r["channels_last_speedup"]) == {"fp32", "bf16"}
     assert r["bf16_speedup"]["supercm"]["median"] > 0 and r["supercm_overhead"]["fp32"]["median"] > 0
 
 

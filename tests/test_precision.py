@@ -263,3 +263,25 @@ def test_every_method_steps_under_bf16_autocast(digits, name):
                 None, dataset=digits)
     logs = [t.train_step(log_terms=True) for _ in range(3)]
     assert all(math.isfinite(float(v)) for log in logs for v in log.values())
+
+
+def test_channels_last_trains_the_same_model(tmp_path):
+    """train.channels_last only changes the memory layout: an image model's weights and the step's
+    batch are NHWC, and the losses are the contiguous run's up to the convolutions' rounding."""
+    from supercm.data.base import ArrayDataset
+
+    g = torch.Generator().manual_seed(0)
+    data = ArrayDataset("synthetic", torch.randn(200, 3, 12, 12, generator=g), torch.arange(200) % 4,
+                        torch.randn(20, 3, 12, 12, generator=g), torch.arange(20) % 4, 4, {"crop_pad": 2})
+    cfg = from_dict({"data": {"name": "synthetic", "num_labeled": 40, "num_validation": 20},
+                     "model": {"backbone": "cnn", "options": {"width": 8, "convs_per_block": 1}},
+                     "cm": {"beta": 0.3}, "method": {"name": "pi_model", "delta": 1.0},
+                     "train": {"iterations": 5, "batch_labeled": 8, "batch_unlabeled": 8, "progress": False,
+                               "tensorboard": False, "ema_decay": 0.9}})
+    runs = {}
+    for cl in (False, True):
+        t = Trainer(cfg.replace(**{"train.channels_last": cl}), None, dataset=data)
+        conv = next(m for m in t.model.modules() if isinstance(m, torch.nn.Conv2d))
+        assert conv.weight.is_contiguous(memory_format=torch.channels_last) == cl
+        runs[cl] = [float(t.train_step()["loss"]) for _ in range(5)]
+    assert runs[True] == pytest.approx(runs[False], rel=1e-4)

@@ -144,6 +144,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "fp32"  # fp32 | bf16 | fp16: autocast dtype of the step (fp16 adds a gradient scaler)
     sync_batchnorm: bool = False  # data-parallel runs: BatchNorm statistics of the global batch (any backend)
+    channels_last: bool = False  # image models: weights and the step's batches in NHWC memory layout
     progress: bool = True
     tensorboard: bool = True  # write TensorBoard events when tensorboard is installed
 
