@@ -16,6 +16,7 @@ import common  # noqa: E402
 import head  # noqa: E402
 import head_fusion  # noqa: E402
 import overhead  # noqa: E402
+import throughput  # noqa: E402
 import time_to_accuracy  # noqa: E402
 
 
@@ -106,3 +107,22 @@ def test_time_to_accuracy_runs(tmp_path):
         assert {"iteration", "seconds", "val"} <= set(a["evals"][0])
         assert a["evals"][-1]["val"] == a["final_val"]
         assert a["time_to_final_val_s"] <= a["train_seconds"]
+
+
+def test_throughput_benchmark_runs(tmp_path):
+    data = throughput.run(tasks=["uda"], batch=2, reps=1, warmup=0, threads=1, channels_last=True, echo=lambda *_: None)
+    r = _roundtrip("throughput", data, throughput.to_markdown(data), tmp_path)["results"][0]
+    assert set(r["seconds_per_step"]) == set(throughput.ARMS + throughput.CL_ARMS)
+    assert set(r["channels_last_speedup"]) == {"fp32", "bf16"}
+    assert r["bf16_speedup"]["supercm"]["median"] > 0 and r["supercm_overhead"]["fp32"]["median"] > 0
+
+
+def test_throughput_arms_differ_only_in_precision_and_supercm():
+    t = {a: throughput.build_trainer("uda", a, 2) for a in ("fp32-base", "bf16-supercm", "fp32-authors")}
+    assert t["fp32-base"].cfg.replace(**{"train.precision": "bf16", "cm.beta": 1.0}) == t["bf16-supercm"].cfg
+    assert t["fp32-authors"].cfg.cm.features == "eval_pass" and t["bf16-supercm"].cfg.cm.features == "reuse"
+
+
+def test_throughput_ddp_scaling_runs():
+    r = throughput.time_ddp("uda", batch=2, reps=1, steps=1, warmup=0)
+    assert set(r["seconds_per_step"]) == {"1", "2"} and r["speedup_2_over_1"]["median"] > 0

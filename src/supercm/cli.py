@@ -68,22 +68,45 @@ def _remove_if_unused(run_dir: Path) -> None:
         pass
 
 
+def _init_distributed(cfg) -> int:
+    """Under torchrun (WORLD_SIZE > 1): join the process group (NCCL on CUDA, gloo on the CPU), one
+    GPU per process (LOCAL_RANK); returns this process's rank (0 when not distributed)."""
+    import torch
+    import torch.distributed as dist
+
+    from .train import resolve_device
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0
+    if not dist.is_initialized():
+        cuda = resolve_device(cfg.train.device).type == "cuda"
+        if cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if cuda else "gloo")
+    return dist.get_rank()
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from .config import load_config
-    from .train import Trainer
+    from .train import Trainer, read_run_config
 
     if args.config and "=" in args.config and not Path(args.config).exists():
         args.overrides, args.config = [args.config, *args.overrides], None  # only overrides were given
     if args.resume:
         if args.config or args.overrides:
             raise UsageError("supercm train --resume RUN_DIR takes no config or overrides: the run's own config.yaml is used")
+        rank = _init_distributed(read_run_config(Path(args.resume)))
+        # Data-parallel: rank 0 owns the run directory, the other ranks read its checkpoint.
         trainer = Trainer.resume(args.resume)
     else:
         if not args.config and not args.overrides:
             raise UsageError("supercm train needs a CONFIG file (see configs/) and/or key=value overrides")
         cfg = load_config(args.config, args.overrides)
+        rank = _init_distributed(cfg)
         # The Trainer checks the directory: one holding a checkpoint is refused (use --resume).
-        if args.run_dir:
+        if rank != 0:
+            trainer = Trainer(cfg, None)  # data-parallel: only rank 0 writes files
+        elif args.run_dir:
             trainer = Trainer(cfg, Path(args.run_dir))
         else:
             run_dir = _default_run_dir(cfg, args.config)
@@ -92,9 +115,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
             except BaseException:
                 _remove_if_unused(run_dir)  # we created it: leave no empty directory behind
                 raise
-    print(f"run directory: {trainer.run_dir}", file=sys.stderr)
+    if rank == 0:
+        print(f"run directory: {trainer.run_dir}", file=sys.stderr)
     result = trainer.fit()
-    print(json.dumps(result.to_dict(), indent=2))
+    if rank == 0:
+        print(json.dumps(result.to_dict(), indent=2))
+    if trainer.world > 1:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
     return 0
 
 

@@ -34,6 +34,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 from typing import NamedTuple
@@ -59,9 +60,10 @@ CENTROID_RULES = ("paper", "mean", "ema", "learned")
 class CMOutput(NamedTuple):
     """What :class:`ClusteringModule` returns.
 
-    logits (n, K): encoder output divided by the temperature; use it as the classifier.
-    responsibilities (n, K): γ = softmax(logits).
-    reconstruction (n, d): x̃ = γ μ.
+    logits (n, K): encoder output divided by the temperature; use it as the classifier
+        (in the autocast dtype under autocast).
+    responsibilities (n, K): γ = softmax(logits), in at least float32.
+    reconstruction (n, d): x̃ = γ μ, in at least float32.
     """
 
     logits: Tensor
@@ -84,6 +86,25 @@ class CMLossTerms(NamedTuple):
     @property
     def total(self) -> Tensor:
         return self.e1 + self.e2 + self.e3 + self.e4
+
+
+def _autocast_off(t: Tensor) -> contextlib.AbstractContextManager:
+    """A region where autocast is off on ``t``'s device (a no-op context when it is not on).
+
+    The loss's identity ``‖X‖² − 2⟨X, Γμ⟩ + Σ_k (Σ_i γ_ik) ‖μ_k‖²`` subtracts nearly equal large
+    sums when features sit near their centroids; autocast would run its two products in bfloat16
+    (8 bits of mantissa) and the loss would be off by tens of percent, so they run in float32.
+    """
+    device_type = t.device.type
+    try:
+        enabled = torch.is_autocast_enabled(device_type)
+    except TypeError:  # PyTorch < 2.4: no per-device query
+        enabled = torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
+    return torch.autocast(device_type, enabled=False) if enabled else contextlib.nullcontext()
+
+
+def _at_least_float32(dtype: torch.dtype) -> torch.dtype:
+    return torch.promote_types(dtype, torch.float32)
 
 
 def _check_2d(
@@ -171,24 +192,30 @@ def cm_loss_terms(
     ‖Γμ‖²_F minus its diagonal part.
 
     Half-precision inputs are up-cast to float32 because E3 is a difference of
-    two sums of squares. Returns float32 (or float64 for float64 inputs).
+    two sums of squares, and autocast is switched off inside (it would run γ μ in
+    bfloat16 or float16); a half-precision ``reconstruction`` is not reused but
+    recomputed in float32. Returns float32 (or float64 for float64 inputs).
+    Pass γ in float32 where you can (:class:`ClusteringModule` does): bfloat16
+    rounding moves each row's sum off 1 by up to ~K·2⁻⁹, an error the loss
+    multiplies by ‖x‖².
     """
-    x, gamma, mu, recon, dtype = _prepare(features, responsibilities, centroids, reconstruction, check_inputs)
-    n, d = x.shape
-    if check_inputs:
-        _check_alpha(alpha, gamma.shape[1])
+    with _autocast_off(features):
+        x, gamma, mu, recon, dtype = _prepare(features, responsibilities, centroids, reconstruction, check_inputs)
+        n, d = x.shape
+        if check_inputs:
+            _check_alpha(alpha, gamma.shape[1])
 
-    mu_sq = (mu * mu).sum(dim=1)  # ‖μ_k‖², (K,)
-    gamma_sum = gamma.sum(dim=0)  # Σ_i γ_ik
-    gamma_sq_sum = (gamma * gamma).sum(dim=0)  # Σ_i γ_ik² = (ΓᵀΓ)_kk
+        mu_sq = (mu * mu).sum(dim=1)  # ‖μ_k‖², (K,)
+        gamma_sum = gamma.sum(dim=0)  # Σ_i γ_ik
+        gamma_sq_sum = (gamma * gamma).sum(dim=0)  # Σ_i γ_ik² = (ΓᵀΓ)_kk
 
-    e1 = (x - recon).pow(2).sum()
-    e2 = ((gamma_sum - gamma_sq_sum) * mu_sq).sum()
-    # Σ_{k≠l} (ΓᵀΓ)_kl μ_kᵀμ_l = ‖Γμ‖²_F − Σ_k (ΓᵀΓ)_kk ‖μ_k‖²
-    e3 = -(recon.pow(2).sum() - (gamma_sq_sum * mu_sq).sum())
-    scale = 1.0 / (n * d)
-    e4 = _dirichlet_term(gamma_sum, n, alpha, eps)
-    return CMLossTerms(e1 * scale, e2 * scale, e3 * scale, gamma_sum.new_zeros(()) if e4 is None else e4)
+        e1 = (x - recon).pow(2).sum()
+        e2 = ((gamma_sum - gamma_sq_sum) * mu_sq).sum()
+        # Σ_{k≠l} (ΓᵀΓ)_kl μ_kᵀμ_l = ‖Γμ‖²_F − Σ_k (ΓᵀΓ)_kk ‖μ_k‖²
+        e3 = -(recon.pow(2).sum() - (gamma_sq_sum * mu_sq).sum())
+        scale = 1.0 / (n * d)
+        e4 = _dirichlet_term(gamma_sum, n, alpha, eps)
+        return CMLossTerms(e1 * scale, e2 * scale, e3 * scale, gamma_sum.new_zeros(()) if e4 is None else e4)
 
 
 def _prepare(
@@ -211,11 +238,14 @@ def _prepare(
         _check_simplex(responsibilities)
         if reconstruction is not None:
             _check_finite("reconstruction", reconstruction)
-    dtype = torch.promote_types(torch.promote_types(features.dtype, responsibilities.dtype), torch.float32)
+    dtype = _at_least_float32(torch.promote_types(features.dtype, responsibilities.dtype))
     x = features.to(dtype)
     gamma = responsibilities.to(dtype)
     mu = centroids.to(dtype)
-    recon = gamma @ mu if reconstruction is None else reconstruction.to(dtype)
+    # A reconstruction rounded to half precision (a bfloat16 forward) would carry its rounding
+    # into the cancellation above: recompute it instead.
+    reuse = reconstruction is not None and torch.promote_types(reconstruction.dtype, dtype) == reconstruction.dtype
+    recon = reconstruction.to(dtype) if reuse else gamma @ mu
     return x, gamma, mu, recon, dtype
 
 
@@ -260,22 +290,24 @@ def cm_loss(
         >>> gamma = torch.randn(5, 3).softmax(1)
         >>> loss = cm_loss(x, gamma, mu)   # == Σ_ik γ_ik ‖x_i − μ_k‖² / (5·4)
     """
-    x, gamma, mu, recon, _ = _prepare(features, responsibilities, centroids, reconstruction, check_inputs)
-    n, d = x.shape
-    if check_inputs:
-        _check_alpha(alpha, gamma.shape[1])
-    gamma_sum = gamma.sum(dim=0)
-    kmeans = (x * (x - 2.0 * recon)).sum() + gamma_sum @ (mu * mu).sum(dim=1)
-    loss = kmeans / (n * d)
-    e4 = _dirichlet_term(gamma_sum, n, alpha, eps)
-    return loss if e4 is None else loss + e4
+    with _autocast_off(features):
+        x, gamma, mu, recon, _ = _prepare(features, responsibilities, centroids, reconstruction, check_inputs)
+        n, d = x.shape
+        if check_inputs:
+            _check_alpha(alpha, gamma.shape[1])
+        gamma_sum = gamma.sum(dim=0)
+        kmeans = (x * (x - 2.0 * recon)).sum() + gamma_sum @ (mu * mu).sum(dim=1)
+        loss = kmeans / (n * d)
+        e4 = _dirichlet_term(gamma_sum, n, alpha, eps)
+        return loss if e4 is None else loss + e4
 
 
 def class_sums(features: Tensor, labels: Tensor, num_classes: int) -> tuple[Tensor, Tensor]:
     """Per-class feature sums (K, d) and counts (K,), vectorised (no loop over classes)."""
     sums = features.new_zeros(num_classes, features.shape[1])
     sums.index_add_(0, labels, features)
-    counts = torch.bincount(labels, minlength=num_classes).to(features.dtype)
+    # Not torch.bincount: on CUDA it reads max(labels) back to the host, a sync every step.
+    counts = features.new_zeros(num_classes).index_add_(0, labels, features.new_ones(labels.shape[0]))
     return sums, counts
 
 
@@ -377,8 +409,11 @@ class ClusteringModule(nn.Module):
         logits = self.encoder(features)
         if self.temperature != 1.0:
             logits = logits / self.temperature
-        gamma = logits.softmax(dim=1)
-        recon = gamma @ self.centroids.to(gamma.dtype)
+        # γ and γμ in at least float32, also under autocast or for a module cast to bfloat16:
+        # the loss subtracts nearly equal sums built from them (see _autocast_off).
+        with _autocast_off(logits):
+            gamma = logits.to(_at_least_float32(logits.dtype)).softmax(dim=1)
+            recon = gamma @ self.centroids.to(gamma.dtype)
         return CMOutput(logits, gamma, recon)
 
     def loss(self, features: Tensor, output: CMOutput) -> Tensor:

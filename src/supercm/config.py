@@ -142,6 +142,9 @@ class TrainConfig:
     ema_decay: float = 0.99  # weight-EMA copy evaluated beside the model; 0 disables
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "fp32"  # fp32 | bf16 | fp16: autocast dtype of the step (fp16 adds a gradient scaler)
+    sync_batchnorm: bool = False  # data-parallel runs: BatchNorm statistics of the global batch (any backend)
+    channels_last: bool = False  # image models: weights and the step's batches in NHWC memory layout
     progress: bool = True
     tensorboard: bool = True  # write TensorBoard events when tensorboard is installed
 
@@ -386,6 +389,9 @@ def signature_specs(fn: Any, skip: tuple[str, ...] = (), ranges: dict[str, str] 
     }
 
 
+#: train.precision: float32 throughout, or autocast to bfloat16 / float16 (with a gradient scaler).
+PRECISIONS = ("fp32", "bf16", "fp16")
+
 KNOWN_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
@@ -446,6 +452,8 @@ def validate(cfg: Config) -> None:
     need(cfg.train.log_every >= 1, "train.log_every", f"must be ≥ 1, got {cfg.train.log_every}")
     need(0 <= cfg.train.ema_decay < 1, "train.ema_decay", f"must be in [0, 1), got {cfg.train.ema_decay}")
     need(cfg.train.seed >= 0, "train.seed", f"must be ≥ 0, got {cfg.train.seed}")
+    need(cfg.train.precision in PRECISIONS, "train.precision",
+         f"must be one of {', '.join(PRECISIONS)}, got {cfg.train.precision!r}")
     need(bool(KNOWN_DEVICE.match(cfg.train.device)), "train.device",
          f"must be auto, cpu, cuda, cuda:N or mps, got {cfg.train.device!r}")
     need(cfg.data.augment_draw in ("sample", "batch"), "data.augment_draw",

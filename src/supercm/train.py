@@ -15,6 +15,12 @@ directory while it trains in it, every file found there is checked against the
 config before anything is written, a checkpoint is only written when every
 weight and buffer is finite, and the checkpoint records the config it was
 written for.
+
+``train.precision`` runs the step under autocast (bf16, or fp16 with a gradient scaler), and the
+steady-state step never waits for the device: the divergence guard and the logs are read on
+logged, evaluation and checkpoint iterations only. Under an initialised ``torch.distributed``
+process group (``torchrun -m supercm train``) each rank trains on its share of the global batch
+with averaged gradients; only rank 0 writes the run directory.
 """
 
 from __future__ import annotations
@@ -28,7 +34,9 @@ import os
 import random
 import secrets
 import time
+import warnings
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -40,6 +48,7 @@ import torch.nn.functional as F
 import yaml
 from torch import Tensor, nn
 
+from . import distributed
 from .cm import ClusteringModule
 from .config import Config, ConfigError, OptimConfig, from_dict, read_yaml_file
 from .data import ArrayDataset, DomainPair, SSLSplit, joined_training_set, load_dataset, load_uda, stratified_split, uda_split
@@ -112,6 +121,30 @@ def resolve_device(name: str) -> torch.device:
     elif dev.type not in ("cpu", "cuda", "mps"):
         raise ConfigError(f"config key 'train.device' must be auto, cpu, cuda or cuda:N, got {name!r}")
     return dev
+
+
+#: ``train.precision`` → the autocast dtype of the step (None: no autocast).
+AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+#: An fp16 run whose gradient scale fell below this has skipped every step for a long while (from
+#: the initial 2¹⁶, 32 skips in a row): it diverged, and is stopped like a run whose loss is NaN.
+MIN_LOSS_SCALE = 2.0 ** -16
+
+
+def check_precision(precision: str, device: torch.device) -> None:
+    """Refuse, with the fix, a precision the device cannot run."""
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError(
+            f"train.precision=bf16 but {torch.cuda.get_device_name(device)} has no bfloat16 support; "
+            f"use train.precision=fp16 (or fp32)"
+        )
+
+
+def _grad_scaler(device: torch.device):
+    """A gradient scaler for fp16 on ``device`` (torch.amp.GradScaler; per-device classes before 2.3)."""
+    if hasattr(torch.amp, "GradScaler"):
+        return torch.amp.GradScaler(device.type)
+    return torch.cuda.amp.GradScaler() if device.type == "cuda" else torch.cpu.amp.GradScaler()
 
 
 def seed_everything(seed: int) -> None:
@@ -203,6 +236,27 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1000) -> 
         correct += int((logits.argmax(dim=1) == y[i : i + batch_size]).sum())
     model.train(was_training)
     return correct / y.numel()
+
+
+def _read_scalars(logs: dict[str, Any], world: int = 1) -> dict[str, float]:
+    """The logged values as Python floats, with one device read for all the tensors among them
+    (``float(t)`` per value would wait for the device once per value). Data-parallel (``world`` > 1):
+    the tensors are averaged over the ranks (each is a mean over the rank's equal share of the batch)."""
+    tensors = {k: v.detach().reshape(()) for k, v in logs.items() if isinstance(v, Tensor)}
+    out = {k: float(v) for k, v in logs.items() if not isinstance(v, Tensor)}
+    if tensors:
+        dtype = torch.float32
+        for v in tensors.values():
+            dtype = torch.promote_types(dtype, v.dtype)
+        if any(v.device.type == "mps" for v in tensors.values()):
+            dtype = torch.float32  # no float64 there
+        stacked = torch.stack([v.to(dtype) for v in tensors.values()])
+        if world > 1:
+            torch.distributed.all_reduce(stacked)
+            stacked /= world
+        values = stacked.tolist()
+        out.update(zip(tensors, values))
+    return {k: out[k] for k in logs}
 
 
 def _all_finite(tensors) -> bool:
@@ -355,6 +409,14 @@ class Trainer:
         tc = cfg.train
         seed_everything(tc.seed)
         self.device = resolve_device(tc.device)
+        check_precision(tc.precision, self.device)
+        # Data-parallel: one process per rank of an initialised torch.distributed group (torchrun).
+        self.world = distributed.world_size()
+        self.rank = torch.distributed.get_rank() if self.world > 1 else 0
+        for key in ("batch_labeled", "batch_unlabeled"):
+            if getattr(tc, key) % self.world:
+                raise ConfigError(f"train.{key}={getattr(tc, key)} must be divisible by the number of processes "
+                                  f"({self.world}): it is the global batch, split evenly over the ranks")
 
         # Domain adaptation: one training set [source ; target], target labels hidden (never read).
         self.uda = cfg.data.target is not None
@@ -392,6 +454,13 @@ class Trainer:
         # Images kept as uint8 (supercm.data.images) get the model's input stage: scale, centre crop, normalise.
         preprocess = ImageInput(**data.input_transform) if data.input_transform else None
         self.model = CMClassifier(backbone, head, preprocess).to(dev)
+        self._sync_bn = self.world > 1 and tc.sync_batchnorm
+        # NHWC layout for image models (faster convolutions on recent GPUs and oneDNN CPUs).
+        self._channels_last = tc.channels_last and len(data.input_shape) == 3
+        if self._channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        if self._sync_bn:
+            self.model = distributed.convert_sync_batchnorm(self.model)
         # The objective's terms, in the order they are summed: SuperCM (when β > 0), the base
         # method, the listed regularisers. (SuperCM first keeps the floating-point sum, and so
         # every run, identical to the trainer's earlier form CE + β·L_CM + δ·w·L_base.)
@@ -400,12 +469,26 @@ class Trainer:
         self.regularisers = [build_method(r.name, r.options) for r in cfg.regularisers]
         for term in self.terms:
             term.setup(self.model)
+            if self._sync_bn:
+                distributed.convert_sync_batchnorm(term)
             term.to(dev)
+        if self.world > 1:  # every rank starts from rank 0's weights (the seeds agree; this makes sure)
+            for t in [*self.model.state_dict().values(), *(v for term in self.terms for v in term.state_dict().values())]:
+                torch.distributed.broadcast(t, 0)
         self.ema_model = copy.deepcopy(self.model).requires_grad_(False) if tc.ema_decay > 0 else None
         self._dry_run(data.input_shape)
 
         self.optimizer = build_optimizer(cfg.optim, self._param_groups())
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, partial(lr_factor, cfg.optim))
+        # Mixed precision: autocast around the model's and the terms' forward work; fp16 also scales
+        # the loss (and skips a step whose gradients overflow), bf16 has float32's range and does not.
+        self.autocast_dtype = AUTOCAST_DTYPES[tc.precision]
+        self.scaler = _grad_scaler(self.device) if tc.precision == "fp16" else None
+        # The divergence guard of fit(): the first iteration whose loss was not finite (0: none) and
+        # that loss, kept on the device and read only on logged, evaluation and checkpoint steps.
+        self._first_nonfinite = torch.zeros((), dtype=torch.long, device=self.device)
+        self._nonfinite_loss = torch.zeros((), device=self.device)
+        self._rank_rng: list | None = None  # data-parallel: every rank's random state at the last checkpoint
         try:
             if self.uda:
                 self.split = uda_split(dataset.source.train_y, dataset.target.train_y.numel(),
@@ -424,6 +507,13 @@ class Trainer:
         self.elapsed = 0.0
         self._tb = None
         checkpoint = None
+        if self.run_dir is not None and self.rank != 0:
+            # Data-parallel: rank 0 owns the directory; the other ranks only read the split and the
+            # checkpoint it resumes from, and write nothing.
+            if _resuming and (self.run_dir / CHECKPOINT).exists():
+                self.split = SSLSplit.load(self.run_dir / SPLIT)
+                checkpoint = self._read_checkpoint(self.run_dir / CHECKPOINT)
+            self.run_dir = None
         if self.run_dir is not None:
             # Everything above is checked; only now is the directory touched.
             self._lock = self._take_run_dir()
@@ -444,6 +534,16 @@ class Trainer:
             except BaseException:
                 self._release()
                 raise
+        elif checkpoint is not None:
+            self.load_state_dict(checkpoint)
+        if self.world > 1:  # every rank must start where the others do; all of them stop if not
+            start = torch.tensor([self.iteration, -self.iteration], device=dev)
+            torch.distributed.all_reduce(start, op=torch.distributed.ReduceOp.MAX)
+            if int(start[0]) != -int(start[1]):
+                self._release()
+                raise RunDirError(f"the ranks would start at iterations {-int(start[1])} and {int(start[0])} (rank 0 "
+                                  f"resumes a checkpoint): resume a data-parallel run with 'torchrun ... -m supercm train --resume RUN_DIR' "
+                                  f"(every rank reads rank 0's checkpoint)")
 
     @property
     def terms(self) -> list[Term]:
@@ -687,11 +787,23 @@ class Trainer:
         }
         if self.ema_model is not None:
             state["ema_model"] = self.ema_model.state_dict()
+        if self.scaler is not None:
+            state["grad_scaler"] = self.scaler.state_dict()
+        if self.world > 1:
+            state["world_size"] = self.world
+            state["rank_rng"] = self._rank_rng  # every rank's, gathered by _fit before the checkpoint
         if self.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
         return state
 
     def load_state_dict(self, state: dict) -> None:
+        saved_world = int(state.get("world_size", 1))
+        if saved_world != self.world:
+            how = "plain 'supercm train --resume'" if saved_world == 1 else f"torchrun --nproc_per_node={saved_world}"
+            raise RunDirError(
+                f"the checkpoint was written by {saved_world} process(es), this run has {self.world}: resume it on "
+                f"{saved_world} ({how}); another number of processes would change the batch shards and BatchNorm"
+            )
         if state["split_sha256"] != self.split.checksum():
             raise RunDirError(
                 "checkpoint was written for another data split than split.json; refusing to resume on a "
@@ -711,8 +823,15 @@ class Trainer:
             torch.set_rng_state(state["torch_rng"])
             if "cuda_rng" in state and self.device.type == "cuda":
                 torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+            if self.world > 1 and state.get("rank_rng"):  # this rank's own random state (dropout, VAT's start)
+                own = state["rank_rng"][self.rank]
+                torch.set_rng_state(own["torch"])
+                if "cuda" in own and self.device.type == "cuda":
+                    torch.cuda.set_rng_state(own["cuda"], self.device)
             if self.ema_model is not None:
                 self.ema_model.load_state_dict(state["ema_model"])
+            if self.scaler is not None:
+                self.scaler.load_state_dict(state["grad_scaler"])
             self.best, self.ema_best = dict(state["best"]), dict(state["ema_best"])
             self.oracle = dict(state.get("oracle", self.oracle))
             self.elapsed = float(state["elapsed"])
@@ -739,11 +858,39 @@ class Trainer:
                 f"finite weights (it was not overwritten)")
 
     def _check_finite(self, loss: Tensor) -> None:
-        """The divergence guard on the loss, called by :meth:`train_step` before the update."""
+        """The divergence guard on the loss, called by :meth:`train_step` (``check=True``) before the
+        update: one host-device sync per step."""
         if not torch.isfinite(loss.detach()):
             raise FloatingPointError(
                 f"loss became {loss.item()} at iteration {self.iteration}; lower optim.lr or cm.beta; "
                 f"{self._usable_checkpoint()}"
+            )
+
+    def _watch_loss(self, loss: Tensor) -> None:
+        """The divergence guard without a sync: remember, on the device, the first iteration whose
+        loss was not finite; :meth:`_check_loss_history` reads it before anything is logged or written."""
+        loss = loss.detach()
+        new = ~torch.isfinite(loss) & (self._first_nonfinite == 0)
+        self._first_nonfinite = torch.where(new, self.iteration + 1, self._first_nonfinite)
+        self._nonfinite_loss = torch.where(new, loss.to(self._nonfinite_loss.dtype), self._nonfinite_loss)
+
+    def _check_loss_history(self) -> None:
+        """Stop if a loss since the start was not finite (bf16/fp32), or if fp16's gradient scale
+        collapsed (every step overflowing and skipped). One host-device sync."""
+        first = int(self._first_nonfinite)
+        if first:
+            value = float(self._nonfinite_loss)  # finite (0) on a data-parallel rank whose own loss stayed finite
+            raise FloatingPointError(
+                f"loss became {value if not math.isfinite(value) else 'NaN or inf'} at iteration {first} (found at iteration "
+                f"{self.iteration}: fit() reads the loss on logged, evaluation and checkpoint iterations, so "
+                f"iterations {first}..{self.iteration} were not kept); lower optim.lr or cm.beta; "
+                f"{self._usable_checkpoint()}"
+            )
+        if self.scaler is not None and self.scaler.is_enabled() and self.scaler.get_scale() < MIN_LOSS_SCALE:
+            raise FloatingPointError(
+                f"the fp16 gradient scale fell to {self.scaler.get_scale():.3g} by iteration {self.iteration}: "
+                f"every recent step overflowed (NaN or inf gradients) and was skipped, so the run diverged; "
+                f"lower optim.lr or cm.beta, or use train.precision=bf16; {self._usable_checkpoint()}"
             )
 
     def _check_state_finite(self) -> None:
@@ -752,6 +899,7 @@ class Trainer:
         The loss can stay finite while BatchNorm running statistics overflow (they are only
         used in eval mode), so the state itself is checked before every evaluation and checkpoint.
         """
+        self._check_loss_history()  # the loss's own verdict first: it names the iteration
         tensors = list(self.model.state_dict().values()) + [v for t in self.terms for v in t.state_dict().values()]
         if self.ema_model is not None:
             tensors += list(self.ema_model.state_dict().values())
@@ -767,7 +915,80 @@ class Trainer:
     def _aug(self, x: Tensor) -> Tensor:
         return self.augment(x, self.aug_generator)
 
-    def train_step(self, log_terms: bool = False) -> dict[str, Any]:
+    def _shard(self, n: int) -> slice:
+        """This rank's rows of a global batch of ``n`` (contiguous, n / world each)."""
+        share = n // self.world
+        return slice(self.rank * share, (self.rank + 1) * share)
+
+    def _average_gradients(self) -> None:
+        """Data-parallel: every gradient becomes its mean over the ranks (one all-reduce). Each rank's
+        loss is a mean over its equal share of the batch, so this is the gradient of the global loss."""
+        if self.world == 1:
+            return
+        grads = [p.grad for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+        if not grads:
+            return
+        flat = torch._utils._flatten_dense_tensors(grads)
+        torch.distributed.all_reduce(flat)
+        flat /= self.world
+        for g, avg in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
+            g.copy_(avg)
+
+    def _agree_on_state(self) -> None:
+        """Data-parallel, at evaluation and checkpoint iterations: stop every rank if any rank's loss
+        or state diverged, and (without synchronised BatchNorm) give every rank rank 0's BatchNorm
+        statistics, so that all ranks evaluate, select and save the same model."""
+        if self.world == 1:
+            self._check_state_finite()
+            return
+        first = torch.where(self._first_nonfinite > 0, self._first_nonfinite, torch.iinfo(torch.long).max)
+        finite = torch.tensor([1.0 if _all_finite(self._state_tensors()) else 0.0], device=self.device)
+        flags = torch.stack([first.double(), -finite[0].double()])
+        torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MIN)
+        if flags[0] < torch.iinfo(torch.long).max:
+            self._first_nonfinite = flags[0].long()
+        if flags[1] > -1:  # some rank holds NaN/inf: every rank raises, the checkpoint stays
+            self._check_loss_history()
+            raise FloatingPointError(
+                f"the model diverged by iteration {self.iteration} on at least one rank (NaN or inf in its "
+                f"weights or BatchNorm statistics); lower optim.lr or cm.beta; {self._usable_checkpoint()}"
+            )
+        self._check_loss_history()
+        if not self._sync_bn:
+            for model in (self.model, self.ema_model):
+                if model is not None:
+                    for b in model.buffers():
+                        torch.distributed.broadcast(b, 0)
+
+    def _gather_rng_states(self) -> None:
+        """Every rank's random state, for rank 0's checkpoint (a collective)."""
+        own = {"torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            own["cuda"] = torch.cuda.get_rng_state(self.device)
+        states: list[Any] = [None] * self.world
+        torch.distributed.all_gather_object(states, own)
+        self._rank_rng = states
+
+    def _state_tensors(self) -> list[Tensor]:
+        tensors = list(self.model.state_dict().values()) + [v for t in self.terms for v in t.state_dict().values()]
+        if self.ema_model is not None:
+            tensors += list(self.ema_model.state_dict().values())
+        return tensors
+
+    def _autocast(self):
+        """Autocast to ``train.precision``'s dtype (a no-op context for fp32)."""
+        if self.autocast_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def _indices_to_device(self, idx: Tensor) -> Tensor:
+        """Batch indices (drawn on the CPU) to the device without waiting for it: a plain ``.to(cuda)``
+        from pageable memory synchronises the stream; from pinned memory it is asynchronous."""
+        if self.device.type == "cuda":
+            return idx.pin_memory().to(self.device, non_blocking=True)
+        return idx.to(self.device)
+
+    def train_step(self, log_terms: bool = False, check: bool = True) -> dict[str, Any]:
         """One iteration of ``CE(labeled) + Σ_j weight_j(t)·L_j``; returns the logged scalars
         (as tensors until logged).
 
@@ -775,37 +996,67 @@ class Trainer:
         (SuperCM, the base method, the regularisers) reads what it needs from that one
         :class:`~supercm.methods.Batch`. ``log_terms``: also ask the terms for their extra
         scalars (SuperCM's E1..E4; extra forward-only work, asked on logged iterations only).
+
+        ``check``: stop on a non-finite loss before the update (one host-device sync).
+        :meth:`fit` passes False and checks on logged, evaluation and checkpoint iterations
+        instead, so the device is never waited for in between. With ``train.precision=fp16`` a
+        non-finite loss is no error: the gradient scaler skips the step and lowers its scale.
         """
         model = self.model
         model.train()
-        lab = self.labeled_sampler.next().to(self.device)
-        unl = self.unlabeled_sampler.next().to(self.device)
+        lab = self._indices_to_device(self.labeled_sampler.next())
+        unl = self._indices_to_device(self.unlabeled_sampler.next())
         x_l_raw, y_l = self.x_train[lab], self.y_train[lab]
         x_u_raw = self.x_train[unl]
-        x = torch.cat([self._aug(x_l_raw), self._aug(x_u_raw)])
+        x_l, x_u = self._aug(x_l_raw), self._aug(x_u_raw)
+        if self.world > 1:
+            # Every rank draws the global batch and its augmentation (same generators, same seed) and
+            # keeps its own contiguous share: the data seen is a single-process run's.
+            sl, su = self._shard(lab.numel()), self._shard(unl.numel())
+            x_l_raw, y_l, x_l, x_u_raw, x_u, unl = x_l_raw[sl], y_l[sl], x_l[sl], x_u_raw[su], x_u[su], unl[su]
+        x = torch.cat([x_l, x_u])
+        if self._channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         batch = Batch(model, x, torch.cat([x_l_raw, x_u_raw]), y_l.numel(), y_l, self._aug,
                       self.iteration, self.cfg.train.iterations)
         terms = [(t, w, key) for t, w, key in self._weighted_terms()
                  if w > 0 and (unl.numel() > 0 or not t.needs_unlabeled)]
-        for term, _, _ in terms:
-            term.before_forward(batch)
-        batch.output = model(x)
-        ce = F.cross_entropy(batch.logits_labeled, y_l)
-        loss = ce
-        logs: dict[str, Any] = {"ce": ce.detach()}
-        for term, weight, key in terms:
-            term_loss = term.loss(batch)
-            if term_loss is None:
-                continue
-            loss = loss + weight * term_loss
-            logs[key] = term_loss.detach()
-            if log_terms:
-                logs.update(term.log_terms(batch))
-        self._check_finite(loss)
+        with self._autocast():
+            for term, _, _ in terms:
+                term.before_forward(batch)
+            batch.output = model(x)
+            ce = F.cross_entropy(batch.logits_labeled, y_l)
+            loss = ce
+            logs: dict[str, Any] = {"ce": ce.detach()}
+            for term, weight, key in terms:
+                term_loss = term.loss(batch)
+                if term_loss is None:
+                    continue
+                loss = loss + weight * term_loss
+                logs[key] = term_loss.detach()
+                if log_terms:
+                    logs.update(term.log_terms(batch))
+        if self.scaler is None:
+            if check:
+                self._check_finite(loss)
+            else:
+                self._watch_loss(loss)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        self.scheduler.step()
+        if self.scaler is None:
+            loss.backward()
+            self._average_gradients()
+            self.optimizer.step()
+            self.scheduler.step()
+        else:
+            self.scaler.scale(loss).backward()
+            self._average_gradients()
+            self.scaler.step(self.optimizer)  # skipped when the gradients hold NaN or inf
+            self.scaler.update()
+            with warnings.catch_warnings():
+                # The schedule follows the iteration, skipped or not; a skipped first step makes
+                # LambdaLR warn that optimizer.step() was not called.
+                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)`")
+                self.scheduler.step()
         for term in self.terms:
             term.after_step(model)
         if self.ema_model is not None:
@@ -819,8 +1070,8 @@ class Trainer:
     @torch.no_grad()
     def _update_ema(self) -> None:
         d = self.cfg.train.ema_decay
-        for e, p in zip(self.ema_model.parameters(), self.model.parameters()):
-            e.lerp_(p.detach(), 1.0 - d)
+        # One fused kernel per group of tensors instead of one per parameter (same numbers).
+        torch._foreach_lerp_(list(self.ema_model.parameters()), [p.detach() for p in self.model.parameters()], 1.0 - d)
         for e, b in zip(self.ema_model.buffers(), self.model.buffers()):
             e.copy_(b)
 
@@ -877,20 +1128,24 @@ class Trainer:
             evals_f = open(self.run_dir / EVALS, "a")
             self._tb = _tensorboard(self.run_dir, self.iteration) if tc.tensorboard else None
         bar = None
-        if tc.progress:
+        if tc.progress and self.rank == 0:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=tc.iterations, initial=self.iteration, dynamic_ncols=True, leave=False)
         rec: dict[str, float] = {}
         sink = metrics_f is not None or self._tb is not None or bar is not None  # anyone reading the logs?
+        sink = sink or self.world > 1  # data-parallel: every rank takes part in reading the logged values
         try:
             start = time.perf_counter() - self.elapsed
             while self.iteration < tc.iterations:
                 it = self.iteration + 1
                 logging = sink and (it % tc.log_every == 0 or it == tc.iterations)
-                logs = self.train_step(log_terms=logging)
+                logs = self.train_step(log_terms=logging, check=False)
                 if logging:
-                    scalars = {k: float(v) for k, v in logs.items()}
+                    if self.world > 1:
+                        self._agree_on_state()
+                    self._check_loss_history()  # nothing is logged from a diverged run
+                    scalars = _read_scalars(logs, self.world)
                     if metrics_f is not None:
                         metrics_f.write(json.dumps(_jsonable({"iteration": it, **scalars})) + "\n")
                     if self._tb is not None:
@@ -899,7 +1154,7 @@ class Trainer:
                     if bar is not None:
                         bar.set_postfix(loss=f"{scalars['loss']:.3f}", ce=f"{scalars['ce']:.3f}", refresh=False)
                 if it % tc.eval_every == 0 or it == tc.iterations:
-                    self._check_state_finite()  # a model with NaN statistics scores chance: stop instead
+                    self._agree_on_state()  # a model with NaN statistics scores chance: stop instead
                     rec = self.evaluate_now(final=it == tc.iterations)
                     if evals_f is not None:
                         evals_f.write(json.dumps(_jsonable(rec)) + "\n")
@@ -919,6 +1174,9 @@ class Trainer:
                 if (tc.checkpoint_every and it % tc.checkpoint_every == 0) or it == tc.iterations:
                     if metrics_f is not None:
                         metrics_f.flush()
+                    if self.world > 1:
+                        self._agree_on_state()
+                        self._gather_rng_states()
                     self.save_checkpoint()
         finally:
             if bar is not None:

@@ -38,7 +38,6 @@ class MeanTeacher(Term):
     @torch.no_grad()
     def after_step(self, model: nn.Module) -> None:
         d = self.options.decay
-        for t, s in zip(self.teacher.parameters(), model.parameters()):
-            t.lerp_(s.detach(), 1.0 - d)
+        torch._foreach_lerp_(list(self.teacher.parameters()), [s.detach() for s in model.parameters()], 1.0 - d)
         for t, s in zip(self.teacher.buffers(), model.buffers()):
             t.copy_(s)

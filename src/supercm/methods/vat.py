@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 import torch
@@ -55,6 +56,13 @@ class VAT(Term):
     own rounding, and the power iteration returns noise (median cosine 0.02 with the
     float64 direction on the CPU-scale CNN; 0.998 at ξ = 1e-3).
 
+    Under autocast (``train.precision`` bf16/fp16) the probe runs in float32: ξ = 1e-3 is below
+    bfloat16's resolution (2⁻⁸ relative), so a bfloat16 probe would measure rounding. Its p(x)
+    then comes from a float32 pass over the same batch (no gradient), not from the half-precision
+    training pass: a p that differs from the probe's own prediction at r = 0 by rounding gives
+    ``KL ≠ 0`` there and, again, a gradient dominated by the mismatch. The final adversarial pass
+    and the loss run under autocast like the rest of the step.
+
     Unlike the authors' model, whose forward re-augments its input on every call, the
     probe passes see exactly the augmented batch of the training pass: re-augmenting
     would make the probe measure the augmentation, not the curvature.
@@ -77,7 +85,12 @@ class VAT(Term):
         x = batch.x.detach()
         p = batch.logits_unlabeled.detach().softmax(dim=1)
         model = batch.model
-        with frozen_batchnorm_stats(model):
+        autocast = _autocast_enabled(x.device.type)
+        probe_precision = torch.autocast(x.device.type, enabled=False) if autocast else contextlib.nullcontext()
+        with frozen_batchnorm_stats(model), probe_precision:
+            if autocast:
+                with torch.no_grad():
+                    p = model(x).logits[n:].float().softmax(dim=1)
             d = torch.zeros_like(x)
             d[n:] = _unit(torch.randn_like(x[n:]))
             for _ in range(opts.power_iterations):
@@ -87,7 +100,15 @@ class VAT(Term):
                 d = torch.zeros_like(x)
                 d[n:] = _unit(grad[n:])
             self.last_direction = d
+        with frozen_batchnorm_stats(model):
             logits_adv = model(x + opts.epsilon * d).logits[n:]
         if opts.variant == "authors":
             return _kl_logits(logits_adv, batch.logits_unlabeled.detach())
         return _kl(p, logits_adv)
+
+
+def _autocast_enabled(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # PyTorch < 2.4
+        return torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
