@@ -17,7 +17,7 @@ from PIL import Image
 from supercm.config import ConfigError, from_dict
 from supercm.data import DATASETS, BadImageError, DatasetLayoutError, load_dataset, load_uda
 from supercm.data.augment import Augment
-from supercm.data.images import OFFICEHOME_CLASSES, decode_images, read_image_list
+from supercm.data.images import OFFICEHOME_CLASSES, decode_images
 from supercm.models import ImageInput, build_backbone
 from supercm.train import CLASSES, Trainer
 

@@ -266,8 +266,8 @@ def read_image_list(list_file: Path, bases: list[Path], classes: tuple[str, ...]
     (spaces allowed). Relative paths are tried against each of ``bases`` in turn (then the list's
     folder); absolute ones that do not exist are relocated under ``bases[0]``. Blank lines and lines
     starting with ``#`` are skipped."""
-    expected = (f"expected lines 'PATH LABEL' (the label an integer, the last token; e.g. "
-                f"'amazon/images/back_pack/frame_0001.jpg 0')")
+    expected = ("expected lines 'PATH LABEL' (the label an integer, the last token; e.g. "
+                "'amazon/images/back_pack/frame_0001.jpg 0')")
     try:
         text = list_file.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
