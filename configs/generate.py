@@ -188,20 +188,32 @@ UDA_ITERATIONS = 2000  # ours (CPU); the field runs 10k–30k iterations of a Re
 UDA_BETA = 0.3  # ours: the paper's UDA β is not published; not tuned (left for `supercm tune` on source validation)
 
 
-def uda_config(pair: str, stem: str, cm: bool) -> tuple[dict, str]:
-    source, target, val = UDA_PAIRS[pair]
+def _uda_method(stem: str) -> tuple[dict, list]:
+    """The method section and regularisers of a UDA config: the field's weight 1, no ramp (DANN
+    ramps through λ(i)), MCC at T = 2.5."""
     method, regs = UDA_METHODS[stem]
-    m = {"name": method, "delta": 1.0, "rampup": 0}  # the field: weight 1, no ramp (DANN ramps through λ(i))
+    m = {"name": method, "delta": 1.0, "rampup": 0}
     if method == "mcc":
         m["options"] = {"temperature": 2.5}
+    return m, regs
+
+
+def _field_optim(backbone_lr_mult: float) -> dict:
+    """The field's optimiser (SPEC §6, tllib): SGD 0.01, momentum 0.9, Nesterov, wd 1e-3, annealed."""
+    return {"name": "sgd", "lr": 0.01, "momentum": 0.9, "nesterov": True, "weight_decay": 1e-3,
+            "schedule": "annealed", "anneal_gamma": 0.001, "anneal_power": 0.75, "backbone_lr_mult": backbone_lr_mult}
+
+
+def uda_config(pair: str, stem: str, cm: bool) -> tuple[dict, str]:
+    source, target, val = UDA_PAIRS[pair]
+    m, regs = _uda_method(stem)
     cfg = {
         "data": {"name": source, "target": target, "num_validation": val},
         "model": {"backbone": "cnn", "options": {"width": 16, "convs_per_block": 1}},
         "cm": {"beta": UDA_BETA if cm else 0.0, "centroids": "paper", "features": "reuse"},
         "method": m,
         "regularisers": regs,
-        "optim": {"name": "sgd", "lr": 0.01, "momentum": 0.9, "nesterov": True, "weight_decay": 1e-3,
-                  "schedule": "annealed", "anneal_gamma": 0.001, "anneal_power": 0.75, "backbone_lr_mult": 1.0},
+        "optim": _field_optim(backbone_lr_mult=1.0),
         "train": {"iterations": UDA_ITERATIONS, "batch_labeled": 32, "batch_unlabeled": 32, "eval_every": 200,
                   "checkpoint_every": 1000, "log_every": 10, "ema_decay": 0.0},
     }
@@ -235,10 +247,7 @@ OFFICE_METHODS = ("source_only", "dann", "mcc", "bnm")
 def office_config(bench: str, task: str, stem: str, cm: bool) -> tuple[dict, str]:
     prefix, codes, _, iterations, per_class = OFFICE[bench]
     s, t = task.split("-")
-    method, regs = UDA_METHODS[stem]
-    m = {"name": method, "delta": 1.0, "rampup": 0}
-    if method == "mcc":
-        m["options"] = {"temperature": 2.5}
+    m, regs = _uda_method(stem)
     cfg = {
         "data": {"name": f"{prefix}_{codes[s]}", "target": f"{prefix}_{codes[t]}", "root": None,
                  "num_validation": per_class * OFFICE_CLASSES[bench], "options": {"size": 256, "crop": 224}},
@@ -246,8 +255,7 @@ def office_config(bench: str, task: str, stem: str, cm: bool) -> tuple[dict, str
         "cm": {"beta": UDA_BETA if cm else 0.0, "centroids": "paper", "features": "reuse"},
         "method": m,
         "regularisers": regs,
-        "optim": {"name": "sgd", "lr": 0.01, "momentum": 0.9, "nesterov": True, "weight_decay": 1e-3,
-                  "schedule": "annealed", "anneal_gamma": 0.001, "anneal_power": 0.75, "backbone_lr_mult": 0.1},
+        "optim": _field_optim(backbone_lr_mult=0.1),
         "train": {"iterations": iterations, "batch_labeled": 32, "batch_unlabeled": 32, "eval_every": 1000,
                   "checkpoint_every": 1000, "log_every": 100, "ema_decay": 0.0},
     }
