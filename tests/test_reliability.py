@@ -688,7 +688,9 @@ def test_full_disk_names_the_problem_and_leaves_no_temporary_file(tmp_path, fini
         f = real_open(path, mode, *args, **kwargs)
         return FullDisk(f) if str(path).endswith(".tmp") and "w" in mode else f
 
-    monkeypatch.setattr(train_mod, "open", full_open, raising=False)
+    import supercm.fileio
+
+    monkeypatch.setattr(supercm.fileio, "open", full_open, raising=False)
     capsys.readouterr()
     assert main(["train", "--resume", str(run)]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -32,7 +32,6 @@ import json
 import math
 import os
 import random
-import secrets
 import time
 import warnings
 from collections.abc import Callable
@@ -49,6 +48,8 @@ import yaml
 from torch import Tensor, nn
 
 from . import distributed
+from .fileio import atomic_write
+from .fileio import tmp_path as _tmp_path  # noqa: F401  (tests use it)
 from .cm import ClusteringModule
 from .config import Config, ConfigError, OptimConfig, from_dict, read_yaml_file
 from .data import ArrayDataset, DomainPair, SSLSplit, joined_training_set, load_dataset, load_uda, stratified_split, uda_split
@@ -263,28 +264,6 @@ def _all_finite(tensors) -> bool:
     """Whether every floating-point tensor is free of NaN and inf (one host sync)."""
     flags = [torch.isfinite(t).all() for t in tensors if isinstance(t, Tensor) and t.is_floating_point()]
     return bool(torch.stack(flags).all()) if flags else True
-
-
-def _tmp_path(path: Path) -> Path:
-    """A temporary name beside ``path`` that no other process (or earlier kill) shares."""
-    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-
-
-def atomic_write(path: Path, payload: bytes | str) -> None:
-    """Write ``payload`` to ``path`` so that a kill leaves the old file or the new one, never a mix.
-
-    On any error (a full disk included) the temporary file is removed and the old file is intact.
-    """
-    data = payload.encode() if isinstance(payload, str) else payload
-    tmp = _tmp_path(path)
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _atomic_save(obj: Any, path: Path) -> None:

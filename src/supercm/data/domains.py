@@ -63,6 +63,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..fileio import atomic_write
 from . import offline
 from .base import ArrayDataset
 from .offline import GENERATED, FetchError, _require, _resolve_root, stratified_test_mask
@@ -637,7 +638,7 @@ def write_generated(name: str, dest: Path, arrays: dict) -> None:
     mismatch = arrays.pop("_mismatch", None)
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
-    offline._atomic_write(dest / f"{name}.npz", buf.getvalue())
+    atomic_write(dest / f"{name}.npz", buf.getvalue())
     note = dest / "mismatch.json"
     if mismatch:
         digests = {k: sha256_array(v) for k, v in arrays.items()}

@@ -69,6 +69,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..fileio import atomic_write
 from .base import ArrayDataset, DatasetMissingError, default_data_root
 
 #: File name endings read as images (case-insensitive).
@@ -454,14 +455,6 @@ def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
         raise
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def decode_images(paths: list[Path], size: int, *, cache_dir: str | os.PathLike | None = None, cache: bool = True,
@@ -518,7 +511,7 @@ def decode_images(paths: list[Path], size: int, *, cache_dir: str | os.PathLike 
         if cache and kept:
             folder.mkdir(parents=True, exist_ok=True)
             _atomic_save_npy(array_path, np.ascontiguousarray(array))
-            _atomic_write_text(meta_path, json.dumps(meta))
+            atomic_write(meta_path, json.dumps(meta))
     bad = meta["bad"]
     if bad:
         listed = "; ".join(f"{p} ({why})" for p, why in bad[:10]) + (f"; and {len(bad) - 10} more" if len(bad) > 10 else "")

@@ -44,6 +44,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..fileio import atomic_write
 from .base import ArrayDataset, DatasetCorruptError, DatasetMissingError, default_data_root
 from .torchvision_sets import MNIST_AUGMENT, gray_to_rgb, to_unit_range
 
@@ -205,14 +206,6 @@ def _run(cmd: list[str], cwd: Path, what: str) -> str:
     return proc.stdout
 
 
-def _atomic_write(path: Path, payload: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
-    try:
-        tmp.write_bytes(payload)
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _fetch_mnist10k(dest: Path, tmp: Path) -> None:
@@ -224,7 +217,7 @@ def _fetch_mnist10k(dest: Path, tmp: Path) -> None:
     _verify("mnist10k", {"images": images, "labels": labels})
     buf = io.BytesIO()
     np.savez_compressed(buf, images=images, labels=labels)
-    _atomic_write(dest / _MNIST10K_FILE, buf.getvalue())
+    atomic_write(dest / _MNIST10K_FILE, buf.getvalue())
 
 
 def _fashion_arrays(folder: Path) -> dict[str, np.ndarray]:
@@ -247,7 +240,7 @@ def _fetch_fashion_mnist(dest: Path, tmp: Path) -> None:
         raise FetchError(f"{FASHION_DEB_PACKAGE} has no {', '.join(missing)} under /{FASHION_DEB_DIR}")
     _verify("fashion_mnist", _fashion_arrays(source))
     for fname in FASHION_FILES.values():
-        _atomic_write(dest / fname, (source / fname).read_bytes())
+        atomic_write(dest / fname, (source / fname).read_bytes())
 
 
 def _cached_files(name: str) -> list[str]:

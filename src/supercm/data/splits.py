@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import Tensor
+
+from ..fileio import atomic_write
 
 
 @dataclass(frozen=True)
@@ -34,14 +35,7 @@ class SSLSplit:
     def save(self, path: str | Path) -> None:
         data = {k: getattr(self, k).tolist() for k in ("labeled", "unlabeled", "validation")}
         data["sha256"] = self.checksum()
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
-        try:
-            tmp.write_text(json.dumps(data))
-            tmp.replace(path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        atomic_write(Path(path), json.dumps(data))
 
     @classmethod
     def load(cls, path: str | Path) -> "SSLSplit":
