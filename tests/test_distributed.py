@@ -172,16 +172,33 @@ def _train_worker(rank, world, init_file, run_dir, out_dir, dotted):
         from supercm.data import load_dataset
         from supercm.train import Trainer
 
+        from supercm.train import evaluate
+
         t = Trainer(from_dict(TRAIN).replace(**dotted), run_dir if rank == 0 else None, dataset=load_dataset("digits"))
         result = t.fit()
-        torch.save({"state": t.model.state_dict(), "result": result.to_dict()}, os.path.join(out_dir, f"rank{rank}.pt"))
+        seen = []  # rows this rank scores in a sharded evaluation of the test set
+
+        class Counting(nn.Module):
+            def __init__(self, model):
+                super().__init__()
+                self.model = model
+
+            def forward(self, x):
+                seen.append(x.shape[0])
+                return self.model(x)
+
+        acc = evaluate(Counting(t.model), t.x_test, t.y_test, batch_size=100, world=world, rank=rank)
+        torch.save({"state": t.model.state_dict(), "result": result.to_dict(), "step": type(t._step_call).__name__,
+                    "eval": (acc, sum(seen))}, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
 
 
-def _spawn(target, tmp_path, *args):
+def _spawn(target, tmp_path, *args, store: str = "store"):
+    """``target(rank, WORLD, init_file, *args)`` on WORLD processes; a new ``store`` file for each
+    process group started in one test (a file store is not reused)."""
     ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=target, args=(r, WORLD, str(tmp_path / "store"), *args)) for r in range(WORLD)]
+    procs = [ctx.Process(target=target, args=(r, WORLD, str(tmp_path / store), *args)) for r in range(WORLD)]
     for p in procs:
         p.start()
     for p in procs:
@@ -189,13 +206,22 @@ def _spawn(target, tmp_path, *args):
     assert [p.exitcode for p in procs] == [0] * WORLD
 
 
-@pytest.mark.parametrize("dotted", [{}, {"method.name": "pseudo_label", "method.options": {"variant": "textbook"},
-                                         "train.batch_unlabeled": 32}])
+@pytest.mark.parametrize("dotted", [
+    {},
+    {"method.name": "pseudo_label", "method.options": {"variant": "textbook"}, "train.batch_unlabeled": 32},
+    # Losses of the whole unlabeled batch (MCC, BNM: computed on every rank's rows, gathered with
+    # gradient; BNM on each rank's own rows is 31-36 % off here) and a term that owns parameters
+    # (DANN's discriminator, whose gradients DistributedDataParallel averages with the model's).
+    {"method.name": "dann", "method.options": {"hidden": 16}, "train.batch_unlabeled": 32,
+     "regularisers": [{"name": "mcc", "weight": 1.0}, {"name": "bnm", "weight": 0.5}]},
+])
 def test_two_gloo_processes_train_what_one_process_trains(tmp_path, dotted):
-    """The same global batch and seed on 2 processes (gloo, synchronised BatchNorm) and on 1: the
-    same logged losses and accuracies, the same evaluations and selected model, identical centroids on
-    every rank. Tolerance: float32 sums in another order; 1e-5 relative on every logged value and on
-    the weights after 12 steps (measured: 2e-7 and 4e-7; without synchronised BatchNorm: 0.5 and 0.37)."""
+    """The same global batch and seed on 2 processes (gloo, synchronised BatchNorm,
+    DistributedDataParallel) and on 1: the same logged losses and accuracies, the same evaluations
+    and selected model, identical centroids on every rank. Tolerance: float32 sums in another order;
+    1e-5 relative on every logged value and on the weights after 12 steps (measured: 2e-7 and 4e-7;
+    without synchronised BatchNorm: 0.5 and 0.37). Evaluation is sharded: each rank scores half of
+    the test set and both return the accuracy of the whole set."""
     import json
 
     from supercm.config import from_dict
@@ -229,6 +255,13 @@ def test_two_gloo_processes_train_what_one_process_trains(tmp_path, dotted):
             else:
                 assert torch.equal(r["state"][name], value)
     assert torch.equal(ranks[0]["state"]["head.centroids"], ranks[1]["state"]["head.centroids"])
+    assert [r["step"] for r in ranks] == ["DistributedDataParallel"] * WORLD
+    from supercm.train import evaluate
+
+    whole = evaluate(single.model, single.x_test, single.y_test)
+    n_test = single.y_test.numel()
+    assert [r["eval"][1] for r in ranks] == [n_test // 2, n_test - n_test // 2]  # 599 rows: 299 + 300
+    assert ranks[0]["eval"][0] == ranks[1]["eval"][0] == pytest.approx(whole, abs=3 / n_test + 1e-12)
     assert not (tmp_path / "ddp" / "rank1").exists() and (tmp_path / "ddp" / "checkpoint.pt").exists()
 
 
@@ -324,3 +357,44 @@ def test_a_divergence_on_one_rank_stops_every_rank(tmp_path):
         assert "at iteration 7 (found at iteration 8" in m, m
     assert "checkpoint.pt from iteration 4 is intact" in messages[0]
     assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["iteration"] == 4
+
+
+def _unused_worker(rank, world, init_file, out_dir, find_unused):
+    """A backbone with a layer that never reaches the loss, under DistributedDataParallel."""
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        from supercm.config import ConfigError, from_dict
+        from supercm.data import load_dataset
+        from supercm.models.backbones import BACKBONES, MLP
+        from supercm.train import Trainer
+
+        class WithDeadLayer(MLP):
+            def __init__(self, input_shape, width: int = 32, depth: int = 2):
+                super().__init__(input_shape, width, depth)
+                self.dead = nn.Linear(3, 3)
+
+        BACKBONES.register("mlp_with_dead_layer", WithDeadLayer)
+        cfg = from_dict(TRAIN).replace(**{"model.backbone": "mlp_with_dead_layer", "train.iterations": 3,
+                                          "train.find_unused_parameters": find_unused})
+        try:
+            Trainer(cfg, dataset=load_dataset("digits")).fit()
+            message = "finished"
+        except ConfigError as exc:
+            message = str(exc)
+        with open(os.path.join(out_dir, f"rank{rank}.txt"), "w") as f:
+            f.write(message)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_parameters_without_gradient_are_a_config_error_or_found(tmp_path):
+    """DistributedDataParallel stops at the step after a trainable parameter got no gradient; the
+    trainer says which key finds them (train.find_unused_parameters), and with it the run trains."""
+    _spawn(_unused_worker, tmp_path, str(tmp_path), False)
+    for r in range(WORLD):
+        message = (tmp_path / f"rank{r}.txt").read_text()
+        assert "got no gradient" in message and "train.find_unused_parameters=true" in message, message
+        assert "\n" not in message
+    _spawn(_unused_worker, tmp_path, str(tmp_path), True, store="store2")
+    assert [(tmp_path / f"rank{r}.txt").read_text() for r in range(WORLD)] == ["finished"] * WORLD

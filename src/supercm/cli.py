@@ -121,8 +121,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if rank == 0:
         print(json.dumps(result.to_dict(), indent=2))
     if trainer.world > 1:
+        import gc
+
         import torch.distributed as dist
 
+        # DistributedDataParallel's reducer holds the process group: it goes first (destroyed
+        # after the group, at interpreter exit, it could abort the process); the barrier lets
+        # every rank finish its last collective before any rank tears the group down.
+        del trainer
+        gc.collect()
+        dist.barrier()
         dist.destroy_process_group()
     return 0
 

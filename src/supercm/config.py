@@ -145,6 +145,8 @@ class TrainConfig:
     precision: str = "fp32"  # fp32 | bf16 | fp16: autocast dtype of the step (fp16 adds a gradient scaler)
     sync_batchnorm: bool = False  # data-parallel runs: BatchNorm statistics of the global batch (any backend)
     channels_last: bool = False  # image models: weights and the step's batches in NHWC memory layout
+    compile: bool = False  # the step's model call through torch.compile (needs a C++ compiler on the CPU, triton on CUDA)
+    find_unused_parameters: bool = False  # data-parallel: DistributedDataParallel's search for parameters without gradient
     progress: bool = True
     tensorboard: bool = True  # write TensorBoard events when tensorboard is installed
 

@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-__all__ = ["SyncBatchNorm", "convert_sync_batchnorm", "world_size"]
+__all__ = ["SyncBatchNorm", "all_gather", "convert_sync_batchnorm", "world_size"]
 
 
 def world_size(group=None) -> int:
@@ -50,6 +50,41 @@ class _AllReduceSum(torch.autograd.Function):
 
 def _all_reduce_sum(t: Tensor, group) -> Tensor:
     return _AllReduceSum.apply(t, group)
+
+
+class _AllGather(torch.autograd.Function):
+    """y = [x_0 ; x_1 ; … ; x_{W−1}] (the ranks' rows in rank order), differentiable. Every rank's
+    loss depends on every rank's rows, so the gradient reaching rank r's x is the sum over the ranks
+    of their output gradients' r-th block (an all-reduce, then this rank's rows)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, group) -> Tensor:
+        ctx.group = group
+        ctx.rank = dist.get_rank(group)
+        ctx.rows = x.shape[0]
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size(group))]
+        dist.all_gather(parts, x.contiguous(), group=group)
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=ctx.group)
+        return grad[ctx.rank * ctx.rows : (ctx.rank + 1) * ctx.rows], None
+
+
+def all_gather(x: Tensor, group=None) -> Tensor:
+    """The rows of ``x`` from every rank of ``group``, concatenated in rank order, with gradient.
+
+    For a loss computed on the *global* batch from every rank's share (MCC's class confusion, BNM's
+    nuclear norm: functions of the whole batch, not means over samples). Each rank then computes
+    the same global loss L; the backward sums the ranks' gradients into each rank's own rows, so
+    rank r's rows get W·∂L/∂x_r, and DistributedDataParallel's mean over the W ranks gives the
+    parameters exactly ∂L/∂θ, the one-process gradient. Every rank's ``x`` must have the same
+    shape. Without a process group (or with one rank) it returns ``x``."""
+    if world_size(group) == 1:
+        return x
+    return _AllGather.apply(x, group)
 
 
 class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):

@@ -20,7 +20,9 @@ written for.
 steady-state step never waits for the device: the divergence guard and the logs are read on
 logged, evaluation and checkpoint iterations only. Under an initialised ``torch.distributed``
 process group (``torchrun -m supercm train``) each rank trains on its share of the global batch
-with averaged gradients; only rank 0 writes the run directory.
+and PyTorch's ``DistributedDataParallel`` averages the gradients (bucketed, overlapping the
+backward pass); evaluation is sharded over the ranks; only rank 0 writes the run directory.
+``train.compile`` makes the step's model call a ``torch.compile``'d one.
 """
 
 from __future__ import annotations
@@ -43,7 +45,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 import yaml
 from torch import Tensor, nn
 
@@ -55,6 +56,7 @@ from .config import Config, ConfigError, OptimConfig, from_dict, read_yaml_file
 from .data import ArrayDataset, DomainPair, SSLSplit, joined_training_set, load_dataset, load_uda, stratified_split, uda_split
 from .data.augment import Augment
 from .methods import Batch, Term, build_method
+from .objective import Objective
 from .models import CMClassifier, ImageInput, build_backbone
 
 CHECKPOINT = "checkpoint.pt"
@@ -139,6 +141,22 @@ def check_precision(precision: str, device: torch.device) -> None:
             f"train.precision=bf16 but {torch.cuda.get_device_name(device)} has no bfloat16 support; "
             f"use train.precision=fp16 (or fp32)"
         )
+
+
+def check_compile(device: torch.device) -> None:
+    """Refuse, with the fix, ``train.compile=true`` where torch.compile cannot build kernels: on the
+    CPU it needs a C++ compiler, on CUDA the Triton package (both come with a usual GPU install)."""
+    import importlib.util
+    import shutil
+
+    if device.type == "cpu" and not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
+        raise ConfigError("train.compile=true on the CPU needs a C++ compiler (g++ or clang++) on PATH; "
+                          "install one (e.g. apt install g++) or set train.compile=false")
+    if device.type == "cuda" and importlib.util.find_spec("triton") is None:
+        raise ConfigError("train.compile=true on CUDA needs the triton package; pip install triton, "
+                          "or set train.compile=false")
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"train.compile=true is supported on cpu and cuda, not {device.type}; set train.compile=false")
 
 
 def _grad_scaler(device: torch.device):
@@ -471,6 +489,7 @@ class Trainer:
         self.ema_model = copy.deepcopy(self.model).requires_grad_(False) if tc.ema_decay > 0 else None
         self._dry_run(data.input_shape)
 
+        self.objective, self._step_call = self._build_objective()
         self.optimizer = build_optimizer(cfg.optim, self._param_groups())
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, partial(lr_factor, cfg.optim))
         # Mixed precision: autocast around the model's and the terms' forward work; fp16 also scales
@@ -538,14 +557,39 @@ class Trainer:
                                   f"resumes a checkpoint): resume a data-parallel run with 'torchrun ... -m supercm train --resume RUN_DIR' "
                                   f"(every rank reads rank 0's checkpoint)")
 
+    def _build_objective(self) -> tuple[Objective, Callable]:
+        """The step's objective over the terms that count in this run (configured weight > 0, and an
+        unlabeled batch for those that need one: the same set at every step), and the callable the
+        step calls: the objective itself, or the objective under ``DistributedDataParallel`` in a
+        data-parallel run. With ``train.compile`` the one model call's input stage and backbone go
+        through ``torch.compile`` (:meth:`CMClassifier.compiled`)."""
+        tc = self.cfg.train
+        active = [t for t, w, _ in self._weighted_terms(0)
+                  if w > 0 and (tc.batch_unlabeled > 0 or not t.needs_unlabeled)]
+        model_call = None
+        if tc.compile:
+            check_compile(self.device)
+            model_call = self.model.compiled()
+        objective = Objective(self.model, active, model_call)
+        if self.world == 1:
+            return objective, objective
+        from torch.nn.parallel import DistributedDataParallel
+
+        # Buffers: BatchNorm statistics are the global batch's with train.sync_batchnorm, else each
+        # rank's own until _agree_on_state gives every rank rank 0's (no broadcast every step).
+        ddp = DistributedDataParallel(objective, device_ids=None, broadcast_buffers=False,
+                                      find_unused_parameters=tc.find_unused_parameters)
+        return objective, ddp
+
     @property
     def terms(self) -> list[Term]:
         """Every loss term of the objective besides CE, in the order they are summed."""
         return [t for t in (self.supercm, self.method, *self.regularisers) if t is not None]
 
-    def _weighted_terms(self) -> list[tuple[Term, float, str]]:
-        """(term, weight at this iteration, log key) for the terms that count at this step."""
-        cfg, it = self.cfg, self.iteration
+    def _weighted_terms(self, iteration: int | None = None) -> list[tuple[Term, float, str]]:
+        """(term, weight at ``iteration`` (default: this one), log key) for every term, in the order
+        they are summed. A weight is 0 at every iteration or at none (the ramp-up is positive)."""
+        cfg, it = self.cfg, self.iteration if iteration is None else iteration
         out = []
         if self.supercm is not None:
             out.append((self.supercm, cfg.cm.beta, "cm"))
@@ -913,20 +957,6 @@ class Trainer:
         share = n // self.world
         return slice(self.rank * share, (self.rank + 1) * share)
 
-    def _average_gradients(self) -> None:
-        """Data-parallel: every gradient becomes its mean over the ranks (one all-reduce). Each rank's
-        loss is a mean over its equal share of the batch, so this is the gradient of the global loss."""
-        if self.world == 1:
-            return
-        grads = [p.grad for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
-        if not grads:
-            return
-        flat = torch._utils._flatten_dense_tensors(grads)
-        torch.distributed.all_reduce(flat)
-        flat /= self.world
-        for g, avg in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
-            g.copy_(avg)
-
     def _agree_on_state(self) -> None:
         """Data-parallel, at evaluation and checkpoint iterations: stop every rank if any rank's loss
         or state diverged, and (without synchronised BatchNorm) give every rank rank 0's BatchNorm
@@ -1012,23 +1042,20 @@ class Trainer:
             x = x.contiguous(memory_format=torch.channels_last)
         batch = Batch(model, x, torch.cat([x_l_raw, x_u_raw]), y_l.numel(), y_l, self._aug,
                       self.iteration, self.cfg.train.iterations)
+        if self.world > 1:
+            batch.gather = distributed.all_gather  # losses of the whole batch (MCC, BNM) see every rank's rows
         terms = [(t, w, key) for t, w, key in self._weighted_terms()
                  if w > 0 and (unl.numel() > 0 or not t.needs_unlabeled)]
         with self._autocast():
-            for term, _, _ in terms:
-                term.before_forward(batch)
-            batch.output = model(x)
-            ce = F.cross_entropy(batch.logits_labeled, y_l)
-            loss = ce
-            logs: dict[str, Any] = {"ce": ce.detach()}
-            for term, weight, key in terms:
-                term_loss = term.loss(batch)
-                if term_loss is None:
-                    continue
-                loss = loss + weight * term_loss
-                logs[key] = term_loss.detach()
-                if log_terms:
-                    logs.update(term.log_terms(batch))
+            try:
+                loss, logs = self._step_call(batch, terms, log_terms)
+            except RuntimeError as exc:
+                if "finished reduction in the prior iteration" not in str(exc):
+                    raise
+                raise ConfigError(
+                    "data-parallel: some trainable parameters got no gradient in the previous step (a part of the "
+                    "model or of a term that does not reach the loss); set train.find_unused_parameters=true "
+                    "(slower) or freeze them (requires_grad=False)") from None
         if self.scaler is None:
             if check:
                 self._check_finite(loss)
@@ -1036,13 +1063,11 @@ class Trainer:
                 self._watch_loss(loss)
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is None:
-            loss.backward()
-            self._average_gradients()
+            loss.backward()  # data-parallel: DistributedDataParallel averages the gradients meanwhile
             self.optimizer.step()
             self.scheduler.step()
         else:
             self.scaler.scale(loss).backward()
-            self._average_gradients()
             self.scaler.step(self.optimizer)  # skipped when the gradients hold NaN or inf
             self.scaler.update()
             with warnings.catch_warnings():

@@ -19,6 +19,10 @@ from torch import Tensor, nn
 from ..registry import Registry
 
 
+def _local(t: Tensor) -> Tensor:
+    return t
+
+
 @dataclass
 class Batch:
     """One training step, as every loss term sees it.
@@ -31,6 +35,12 @@ class Batch:
     A term that makes extra passes over the model should pass the *joined* batch, so BatchNorm
     normalises them with the statistics of the batch that produced ``output`` (see ``vat.py``).
     ``iteration`` counts finished steps (0 at the first), of ``total_iterations``.
+
+    Data-parallel runs (``torchrun``) give each process a share of the batch. A loss that is a
+    mean over samples needs nothing more; a loss that is a function of the *whole* batch (MCC's
+    class confusion, BNM's nuclear norm) computes it on ``gather(t)``, this step's rows of ``t``
+    from every process (with gradient), so it equals the one-process loss. In one process
+    ``gather`` returns ``t``.
     """
 
     model: nn.Module
@@ -42,6 +52,7 @@ class Batch:
     iteration: int = 0
     total_iterations: int = 1
     output: Any = None  # supercm.models.ModelOutput once the model has been called
+    gather: Callable[[Tensor], Tensor] = _local  # the batch's rows of a tensor from every process
 
     @property
     def progress(self) -> float:

@@ -14,11 +14,12 @@ from .base import Batch, Term, register
 class BNM(Term):
     """Minus the nuclear norm of softmax(unlabeled / target logits) (see :func:`supercm.uda.bnm_loss`):
     ``normalisation="mean"`` (default, the BNM authors' code) averages the singular values,
-    ``"batch"`` divides their sum by the batch size. Usable as a base method or a regulariser."""
+    ``"batch"`` divides their sum by the batch size. Usable as a base method or a regulariser.
+    Data-parallel: computed on the global target batch (``batch.gather``), as in one process."""
 
     @dataclass
     class Options:
         normalisation: str = field(default="mean", metadata={"choices": BNM_NORMALISATIONS})
 
     def loss(self, batch: Batch) -> Tensor:
-        return bnm_loss(batch.logits_unlabeled, self.options.normalisation)
+        return bnm_loss(batch.gather(batch.logits_unlabeled), self.options.normalisation)

@@ -14,11 +14,12 @@ from .base import Batch, Term, register
 class MCC(Term):
     """Class confusion of the unlabeled (target) predictions at temperature T (see
     :func:`supercm.uda.mcc_loss`): entropy-weighted, rows normalised, off-diagonal mass / K.
-    Usable as a base method or stacked as a regulariser (``regularisers: [{name: mcc}]``)."""
+    Usable as a base method or stacked as a regulariser (``regularisers: [{name: mcc}]``).
+    Data-parallel: computed on the global target batch (``batch.gather``), as in one process."""
 
     @dataclass
     class Options:
         temperature: float = field(default=2.5, metadata={"range": "(0, inf)"})
 
     def loss(self, batch: Batch) -> Tensor:
-        return mcc_loss(batch.logits_unlabeled, self.options.temperature)
+        return mcc_loss(batch.gather(batch.logits_unlabeled), self.options.temperature)

@@ -1,0 +1,59 @@
+"""What one training step minimises: ``CE(labeled) + Σ_j weight_j · L_j`` on one :class:`Batch`.
+
+:class:`Objective` holds the model and the loss terms that count in a run (SuperCM, the base
+method, the regularisers: their trainable modules, e.g. DANN's discriminator) under one root. Its
+forward is the objective: the terms' ``before_forward`` hooks, **one** model call on
+``[labeled | source ; unlabeled | target]``, cross-entropy on the labeled rows, and each term's
+weighted loss. In a data-parallel run (``torchrun``) the trainer wraps it in PyTorch's
+``DistributedDataParallel``, so every gradient of the step (the model's and the terms') is averaged
+over the processes in buckets while the backward pass is still running; extra passes a term makes
+(VAT, Π-Model, the teacher) happen inside that forward, through the unwrapped model.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .methods import Batch, Term
+
+__all__ = ["Objective"]
+
+
+class Objective(nn.Module):
+    """``CE(labeled) + Σ weight · L_term`` on a :class:`~supercm.methods.Batch`.
+
+    ``terms``: the terms that can count in the run (their modules become this module's, so a
+    wrapper such as ``DistributedDataParallel`` sees their parameters). ``model_call``: the call
+    that makes the step's one pass (default: ``model``; the trainer passes
+    ``torch.compile(model)`` with ``train.compile=true``); it is not registered as a submodule.
+    """
+
+    def __init__(self, model: nn.Module, terms: list[Term], model_call: Callable[[Tensor], Any] | None = None):
+        super().__init__()
+        self.model = model
+        self.terms = nn.ModuleList(terms)
+        self.__dict__["model_call"] = model if model_call is None else model_call
+
+    def forward(self, batch: Batch, weighted: list[tuple[Term, float, str]],
+                log_terms: bool = False) -> tuple[Tensor, dict[str, Tensor]]:
+        """(loss, logged scalars) of the step; ``weighted`` lists (term, weight now, log key) in
+        the order the terms are summed; ``batch.output`` holds the model call's output after it.
+        ``log_terms``: also the terms' extra scalars (SuperCM's E1..E4), without gradient."""
+        for term, _, _ in weighted:
+            term.before_forward(batch)
+        batch.output = self.model_call(batch.x)
+        ce = F.cross_entropy(batch.logits_labeled, batch.y_labeled)
+        loss = ce
+        logs: dict[str, Tensor] = {"ce": ce.detach()}
+        for term, weight, key in weighted:
+            term_loss = term.loss(batch)
+            if term_loss is None:
+                continue
+            loss = loss + weight * term_loss
+            logs[key] = term_loss.detach()
+            if log_terms:
+                logs.update(term.log_terms(batch))
+        return loss, logs
