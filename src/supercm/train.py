@@ -345,6 +345,26 @@ def read_run_config(run_dir: Path) -> Config:
         raise ConfigError(f"{path}: {exc}") from None
 
 
+#: Descriptors of the run-directory locks this process holds.
+_HELD_LOCKS: set[int] = set()
+
+
+def _close_inherited_locks() -> None:
+    """In a forked child (a DataLoader worker of the stream pipeline): close the parent's lock
+    descriptors. A ``flock`` belongs to the open file, which a fork shares: without this, the workers of
+    a killed trainer would keep its run directory locked until they notice their parent is gone."""
+    for fd in _HELD_LOCKS:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD_LOCKS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_inherited_locks)
+
+
 class _DirLock:
     """An exclusive ``flock`` on ``run_dir/.lock``: one process trains in a directory at a time."""
 
@@ -368,9 +388,11 @@ class _DirLock:
             ) from None
         os.ftruncate(self.fd, 0)
         os.pwrite(self.fd, str(os.getpid()).encode(), 0)
+        _HELD_LOCKS.add(self.fd)
 
     def release(self) -> None:
         if self.fd is not None:
+            _HELD_LOCKS.discard(self.fd)
             self._fcntl.flock(self.fd, self._fcntl.LOCK_UN)
             os.close(self.fd)
             self.fd = None
