@@ -54,6 +54,7 @@ from .cm import ClusteringModule
 from .config import Config, ConfigError, OptimConfig, from_dict, read_yaml_file
 from .data import ArrayDataset, DomainPair, SSLSplit, joined_training_set, load_dataset, load_uda, stratified_split, uda_split
 from .data.augment import Augment
+from .data.stream import ImageStore, iter_rows
 from .methods import Batch, Term, build_method
 from .models import CMClassifier, ImageInput, build_backbone
 
@@ -228,7 +229,8 @@ def _jsonable(record: dict) -> dict:
 def evaluate(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1000, index: Tensor | None = None,
              world: int = 1, rank: int = 0) -> float:
     """Top-1 accuracy of ``argmax logits`` in eval mode (restores the previous mode) over the rows
-    ``index`` of ``x``/``y`` (all rows without it), read ``batch_size`` rows at a time as ``x[chunk]``.
+    ``index`` of ``x``/``y`` (all rows without it), read ``batch_size`` rows at a time as ``x[chunk]``
+    (an :class:`~supercm.data.stream.ImageStore` decodes the chunks ahead in its worker processes).
 
     Data-parallel (``world`` > 1, inside an initialised process group): each rank scores its own
     contiguous share of the rows and one all-reduce adds the counts, so every rank returns the
@@ -243,9 +245,9 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1000, ind
     was_training = model.training
     model.eval()
     correct = torch.zeros((), dtype=torch.long, device=y.device)
-    for i in range(lo, hi, batch_size):
-        chunk = index[i : min(i + batch_size, hi)]
-        logits = model(x[chunk]).logits
+    chunks = [index[i : min(i + batch_size, hi)] for i in range(lo, hi, batch_size)]
+    for chunk, x_chunk in zip(chunks, iter_rows(x, chunks)):
+        logits = model(x_chunk).logits
         correct += (logits.argmax(dim=1) == y[chunk]).sum()
     model.train(was_training)
     if world > 1:
@@ -1019,10 +1021,13 @@ class Trainer:
         """
         model = self.model
         model.train()
-        lab = self._indices_to_device(self.labeled_sampler.next())
-        unl = self._indices_to_device(self.unlabeled_sampler.next())
-        x_l_raw, y_l = self.x_train[lab], self.y_train[lab]
-        x_u_raw = self.x_train[unl]
+        lab_rows, unl_rows = self.labeled_sampler.next(), self.unlabeled_sampler.next()
+        lab, unl = self._indices_to_device(lab_rows), self._indices_to_device(unl_rows)
+        if isinstance(self.x_train, ImageStore):  # pipeline=stream: read by the CPU indices, checked against its prefetch
+            x_l_raw, x_u_raw = self.x_train[lab_rows], self.x_train[unl_rows]
+        else:
+            x_l_raw, x_u_raw = self.x_train[lab], self.x_train[unl]
+        y_l = self.y_train[lab]
         x_l, x_u = self._aug(x_l_raw), self._aug(x_u_raw)
         if self.world > 1:
             # Every rank draws the global batch and its augmentation (same generators, same seed) and
@@ -1150,6 +1155,10 @@ class Trainer:
         rec: dict[str, float] = {}
         sink = metrics_f is not None or self._tb is not None or bar is not None  # anyone reading the logs?
         sink = sink or self.world > 1  # data-parallel: every rank takes part in reading the logged values
+        # pipeline=stream: worker processes decode the batches of sampler copies (taken now, after any
+        # resume) ahead of the steps; every read is checked against the trainer's own indices.
+        prefetch = self.x_train.prefetch([self.labeled_sampler, self.unlabeled_sampler]) \
+            if isinstance(self.x_train, ImageStore) else nullcontext()
         try:
             start = time.perf_counter() - self.elapsed
             while self.iteration < tc.iterations:
@@ -1194,6 +1203,7 @@ class Trainer:
                         self._gather_rng_states()
                     self.save_checkpoint()
         finally:
+            prefetch.__exit__(None, None, None)
             if bar is not None:
                 bar.close()
             for f in (metrics_f, evals_f):
