@@ -194,7 +194,10 @@ class ImageStore:
         """The rows of ``stores`` one after the other (``torch.cat`` of the memory pipeline)."""
         if len({s.size for s in stores}) > 1:
             raise ValueError(f"cannot join image stores of sizes {sorted({s.size for s in stores})}")
-        return stores[0]._like([p for s in stores for p in s.paths], stores[0].device)
+        joined = stores[0]._like([p for s in stores for p in s.paths], stores[0].device)
+        if len({s.what for s in stores}) > 1:
+            joined.what = "training images"  # [source ; target]: the message names the file's path
+        return joined
 
     def _rows(self, key) -> list[int]:
         n = len(self.paths)
