@@ -1,26 +1,44 @@
-"""Images per second of the in-memory image pipeline (issue 12 §2): building the decoded uint8 cache,
-and training steps that read it (on-device RandomResizedCrop + flip, the model's input stage).
+"""Images per second of both image pipelines (issue 12 §2): the decoded uint8 cache (``memory``) and
+decoding from disk in DataLoader worker processes (``stream``).
 
     python benchmarks/image_throughput.py                                  # a generated Office-31-sized tree
     python benchmarks/image_throughput.py --root ~/data --dataset office31_amazon --target office31_webcam
-    python benchmarks/image_throughput.py --backbone resnet18 --size 40 --crop 32 --steps 5 --device cpu  # smoke
+    python benchmarks/image_throughput.py --backbone resnet18 --size 64 --crop 56 --images 300 --device cpu
+    python benchmarks/image_throughput.py --decode-only --images 600 --workers 1 2   # decoding alone, 256 px
 
-Without ``--root`` it writes ``--images`` random JPEGs (300×300, like Office-31's Amazon) under a
-temporary folder as an ``image_folder`` pair. It reports: cache build (decode + resize, threads),
-cache read (a second load of the same files), and train steps of DANN + SuperCM with ``--backbone``
-(random weights: throughput does not depend on them) at batch 32 + 32. The first ``--warmup`` steps are
-not timed. Prints one JSON line; quote it with the device's name.
+Without ``--root`` it writes ``--images`` random JPEGs per domain (300×300, like Office-31's Amazon)
+under a temporary folder as an ``image_folder`` pair. It measures, in one process:
+
+* **cache build / cache read** (memory pipeline): decode + resize of every image in threads, then a
+  second load of the same files from the cache;
+* **stream decode**: images/s delivered by the stream pipeline's prefetch (batches of 32 + 32 drawn by
+  the trainer's samplers) with each ``--workers`` count, no model; arms interleaved;
+* **train steps** of DANN + SuperCM with ``--backbone`` (random weights: throughput does not depend on
+  them) at batch 32 + 32, one trainer per pipeline, interleaved (order rotated each repetition):
+  seconds per step (median) and the per-repetition ratio stream / memory (median [IQR]).
+
+Before every timed block each arm runs ``--drain`` untimed steps (reads), so that batches its
+prefetch decoded while the other arms ran do not count: the figures are steady-state. Random-noise
+JPEGs decode more slowly than photographs (no smooth regions): the images/s are a lower bound for
+real data. On a CPU-only machine the stream's workers and the training step share the cores, so the
+ratio there is a pessimistic bound for a GPU machine, where the step does not use them. Prints a
+summary; ``--out DIR`` writes ``image_throughput.json`` / ``.md`` there.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import command_line, machine_info, machine_line, markdown_table, ratio_summary, summarize, write_results
 
 
 def write_tree(folder: Path, n: int, classes: int = 31, side: int = 300) -> None:
@@ -34,6 +52,24 @@ def write_tree(folder: Path, n: int, classes: int = 31, side: int = 300) -> None
             Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)).save(path, quality=90)
 
 
+def interleaved(arms: dict, reps: int, block: int, drain: int, sync) -> dict[str, list[float]]:
+    """Seconds per call of each arm per repetition: ``drain`` untimed calls, then ``block`` timed ones,
+    arms in an order rotated by one each repetition."""
+    names = list(arms)
+    out: dict[str, list[float]] = {k: [] for k in names}
+    for rep in range(reps):
+        for name in names[rep % len(names):] + names[: rep % len(names)]:
+            for _ in range(drain):
+                arms[name]()
+            sync()
+            t0 = time.perf_counter()
+            for _ in range(block):
+                arms[name]()
+            sync()
+            out[name].append((time.perf_counter() - t0) / block)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", help="data root of a real benchmark (default: a generated tree)")
@@ -43,17 +79,31 @@ def main() -> None:
     ap.add_argument("--backbone", default="resnet50")
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--crop", type=int, default=224)
-    ap.add_argument("--steps", type=int, default=50)
-    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--workers", type=int, nargs="+", default=[2],
+                    help="stream worker processes to measure decoding with (the train arm uses the last)")
+    ap.add_argument("--reps", type=int, default=5, help="timed repetitions per arm")
+    ap.add_argument("--steps", type=int, default=5, help="timed train steps (decode: reads of 32) per repetition")
+    ap.add_argument("--drain", type=int, default=3, help="untimed steps before each timed block")
+    ap.add_argument("--decode-only", action="store_true", help="measure decoding only (no model, no train steps)")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads of the training step (default: 1)")
+    ap.add_argument("--out", help="write image_throughput.json/.md into this folder")
     a = ap.parse_args()
 
     import torch
+    from common import set_threads
 
     from supercm.config import from_dict
     from supercm.data import load_uda
-    from supercm.train import Trainer, resolve_device
+    from supercm.data.stream import ImageStore
+    from supercm.train import BatchSampler, Trainer, resolve_device
 
+    set_threads(a.threads)
+    dev = resolve_device(a.device)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    info = machine_info()
+    result: dict = {"command": command_line(), "machine": info, "size": a.size, "crop": a.crop,
+                    "backbone": None if a.decode_only else a.backbone}
     with tempfile.TemporaryDirectory(prefix="supercm-throughput-") as tmp:
         tmp = Path(tmp)
         options = {"size": a.size, "crop": a.crop, "cache_dir": str(tmp / "cache"), "progress": False}
@@ -64,6 +114,7 @@ def main() -> None:
             root = str(tmp)
         else:
             name, target, root = a.dataset, a.target, a.root
+        # Memory pipeline: build the cache (threads), then read it back.
         t0 = time.perf_counter()
         pair = load_uda(name, target, root, **options)
         build = time.perf_counter() - t0
@@ -71,32 +122,73 @@ def main() -> None:
         t0 = time.perf_counter()
         load_uda(name, target, root, **options)
         read = time.perf_counter() - t0
+        result.update(images=n, cache_build_images_per_s=n / build, cache_read_images_per_s=n / read)
 
-        cfg = from_dict({
-            "data": {"name": name, "target": target, "num_validation": 0, "options": options},
-            "model": {"backbone": a.backbone, "options": {"weights": "none", "bottleneck": 256}},
-            "method": {"name": "dann"}, "cm": {"beta": 0.3},
-            "optim": {"name": "sgd", "lr": 0.01, "schedule": "annealed", "backbone_lr_mult": 0.1},
-            "train": {"iterations": a.steps + a.warmup, "batch_labeled": 32, "batch_unlabeled": 32,
-                      "device": a.device, "progress": False, "tensorboard": False, "ema_decay": 0.0},
-        })
-        trainer = Trainer(cfg, None, dataset=pair)
-        dev = resolve_device(a.device)
-        sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-        for _ in range(a.warmup):
-            trainer.train_step()
-        sync()
-        t0 = time.perf_counter()
-        for _ in range(a.steps):
-            trainer.train_step()
-        sync()
-        steps = time.perf_counter() - t0
-    device = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
-    print(json.dumps({
-        "device": device, "backbone": a.backbone, "size": a.size, "crop": a.crop, "images": n,
-        "cache_build_images_per_s": round(n / build, 1), "cache_read_images_per_s": round(n / read, 1),
-        "train_images_per_s": round(64 * a.steps / steps, 1), "train_steps": a.steps,
-    }))
+        # Stream pipeline, decoding alone: the prefetch of two samplers (32 source + 32 target), per worker count.
+        streamed = load_uda(name, target, root, **options, pipeline="stream")
+        paths = streamed.source.train_x.paths + streamed.target.train_x.paths
+        n_src = len(streamed.source.train_x)
+        prefetches, arms = [], {}
+        for w in a.workers:
+            store = ImageStore(paths, a.size, workers=w)
+            samplers = [BatchSampler(torch.arange(n_src), 32, 1), BatchSampler(torch.arange(n_src, n), 32, 2)]
+            prefetches.append(store.prefetch(samplers))
+
+            def read_step(store=store, samplers=samplers):
+                for s in samplers:
+                    store[s.next()]
+
+            arms[f"stream_w{w}"] = read_step
+        t = interleaved(arms, a.reps, a.steps, a.drain, lambda: None)
+        for p in prefetches:
+            p.__exit__(None, None, None)
+        result["stream_decode"] = {k: {"images_per_s": 64 / summarize(v)["median"], "s_per_64": summarize(v)}
+                                   for k, v in t.items()}
+
+        if not a.decode_only:
+            w = a.workers[-1]
+            trainers = {}
+            for pipeline in ("memory", "stream"):
+                cfg = from_dict({
+                    "data": {"name": name, "target": target, "num_validation": 0,
+                             "options": {**options, "pipeline": pipeline, "workers": w}},
+                    "model": {"backbone": a.backbone, "options": {"weights": "none", "bottleneck": 256}},
+                    "method": {"name": "dann"}, "cm": {"beta": 0.3},
+                    "optim": {"name": "sgd", "lr": 0.01, "schedule": "annealed", "backbone_lr_mult": 0.1},
+                    "train": {"iterations": 10**6, "batch_labeled": 32, "batch_unlabeled": 32, "device": a.device,
+                              "progress": False, "tensorboard": False, "ema_decay": 0.0},
+                })
+                data = pair if pipeline == "memory" else streamed
+                trainers[pipeline] = Trainer(cfg, None, dataset=data)
+            tr = trainers["stream"]
+            prefetch = tr.x_train.prefetch([tr.labeled_sampler, tr.unlabeled_sampler])  # as fit() does
+            t = interleaved({k: v.train_step for k, v in trainers.items()}, a.reps, a.steps, a.drain, sync)
+            prefetch.__exit__(None, None, None)
+            assert tr.x_train.reads["prefetched"] == 2 * a.reps * (a.steps + a.drain), tr.x_train.reads
+            result["train"] = {k: {"s_per_step": summarize(v), "images_per_s": 64 / summarize(v)["median"]}
+                               for k, v in t.items()}
+            result["train"]["stream_workers"] = w
+            result["train"]["ratio_stream_over_memory"] = ratio_summary(t["stream"], t["memory"])
+
+    rows = [["memory: cache build (decode + resize, threads)", f"{result['cache_build_images_per_s']:.0f}"],
+            ["memory: cache read", f"{result['cache_read_images_per_s']:.0f}"]]
+    rows += [[f"stream: decode, {k.removeprefix('stream_w')} worker(s)", f"{v['images_per_s']:.0f}"]
+             for k, v in result["stream_decode"].items()]
+    if "train" in result:
+        tr = result["train"]
+        rows += [[f"train step, {k} pipeline ({a.backbone}, batch 32 + 32)", f"{tr[k]['images_per_s']:.1f}"]
+                 for k in ("memory", "stream")]
+        r = tr["ratio_stream_over_memory"]
+        ratio = f"{r['median']:.3f} [{r['q1']:.3f}–{r['q3']:.3f}]"
+    md = (f"`{result['command']}`\n\n{machine_line(info)}\n\n{n} images at {a.size} px"
+          f"{'' if a.decode_only else f', crop {a.crop}'}; {a.reps} interleaved repetitions of {a.steps} timed "
+          f"steps after {a.drain} untimed ones; medians.\n\n"
+          + markdown_table(["what", "images/s"], rows))
+    if "train" in result:
+        md += f"\n\nTime per step, stream / memory (per repetition, median [IQR]): {ratio}"
+    print(md)
+    if a.out:
+        write_results("image_throughput", json.loads(json.dumps(result, default=float)), md, a.out)
 
 
 if __name__ == "__main__":

@@ -126,3 +126,17 @@ def test_throughput_arms_differ_only_in_precision_and_supercm():
 def test_throughput_ddp_scaling_runs():
     r = throughput.time_ddp("uda", batch=2, reps=1, steps=1, warmup=0)
     assert set(r["seconds_per_step"]) == {"1", "2"} and r["speedup_2_over_1"]["median"] > 0
+
+
+def test_image_throughput_measures_both_pipelines(tmp_path, monkeypatch, capsys):
+    import image_throughput
+
+    monkeypatch.setattr(sys, "argv", ["image_throughput.py", "--backbone", "resnet18", "--size", "32", "--crop", "32",
+                                      "--images", "8", "--reps", "1", "--steps", "1", "--drain", "1",
+                                      "--workers", "0", "1", "--device", "cpu", "--out", str(tmp_path)])
+    image_throughput.main()
+    r = json.loads((tmp_path / "image_throughput.json").read_text())
+    assert r["images"] == 16 and r["cache_build_images_per_s"] > 0
+    assert set(r["stream_decode"]) == {"stream_w0", "stream_w1"}
+    assert r["train"]["ratio_stream_over_memory"]["median"] > 0 and r["train"]["stream_workers"] == 1
+    assert "stream / memory" in capsys.readouterr().out

@@ -14,10 +14,14 @@ FEATURES = {"mlp": 128, "cnn": 128, "wrn28_2": 128, "wrn28_8": 512}
 for _r in ("resnet18", "resnet34", "resnet50", "resnet101"):
     SHAPES[_r], FEATURES[_r] = (3, 32, 32), 256
 OPTIONS = {r: {"weights": "none"} for r in ("resnet18", "resnet34", "resnet50", "resnet101")}
+# Any timm model by name (optional extra): timm's tiny test network.
+SHAPES["timm"], FEATURES["timm"], OPTIONS["timm"] = (3, 32, 32), 256, {"name": "test_resnet", "weights": "none"}
 
 
 @pytest.mark.parametrize("name", sorted(BACKBONES))
 def test_backbone_forward_backward(name):
+    if name == "timm":
+        pytest.importorskip("timm")
     torch.manual_seed(0)
     shape = SHAPES[name]
     net = build_backbone(name, shape, **OPTIONS.get(name, {}))

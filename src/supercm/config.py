@@ -374,17 +374,19 @@ def dataclass_specs(cls: type) -> dict[str, OptionSpec]:
     }
 
 
-def signature_specs(fn: Any, skip: tuple[str, ...] = (), ranges: dict[str, str] | None = None) -> dict[str, OptionSpec]:
-    """Option specs from a function's (or class's) keyword parameters and their annotations."""
+def signature_specs(fn: Any, skip: tuple[str, ...] = (), ranges: dict[str, str] | None = None,
+                    choices: dict[str, tuple] | None = None) -> dict[str, OptionSpec]:
+    """Option specs from a function's (or class's) keyword parameters and their annotations, with the
+    ranges and choices given for some of them."""
     target = fn.__init__ if isinstance(fn, type) else fn
     try:
         hints = typing.get_type_hints(target)
     except Exception:  # unresolvable annotations: check names only
         hints = {}
-    ranges = ranges or {}
+    ranges, choices = ranges or {}, choices or {}
     params = inspect.signature(target).parameters
     return {
-        name: OptionSpec(hints.get(name, Any), ranges.get(name))
+        name: OptionSpec(hints.get(name, Any), ranges.get(name), choices.get(name))
         for name, p in params.items()
         if name not in ("self", *skip) and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
         and p.default is not p.empty
@@ -478,7 +480,8 @@ def _validate_options(cfg: Config) -> None:
     # directly (benchmarks do); load_dataset refuses an unknown name, before anything is written.
     loader = DATASETS.get(cfg.data.name) if cfg.data.name in DATASETS else None
     if loader is not None:
-        specs = signature_specs(loader, skip=("root",))
+        specs = signature_specs(loader, skip=("root",), ranges=getattr(loader, "option_ranges", None),
+                                choices=getattr(loader, "option_choices", None))
         check_options(cfg.data.options, {k: v for k, v in specs.items() if k != "download"},
                       "data.options", f"dataset {cfg.data.name!r}")
         if cfg.data.download and "download" not in specs:

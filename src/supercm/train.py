@@ -55,6 +55,7 @@ from .cm import ClusteringModule
 from .config import Config, ConfigError, OptimConfig, from_dict, read_yaml_file
 from .data import ArrayDataset, DomainPair, SSLSplit, joined_training_set, load_dataset, load_uda, stratified_split, uda_split
 from .data.augment import Augment
+from .data.stream import ImageStore, iter_rows
 from .methods import Batch, Term, build_method
 from .objective import Objective
 from .models import CMClassifier, ImageInput, build_backbone
@@ -246,7 +247,8 @@ def _jsonable(record: dict) -> dict:
 def evaluate(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1000, index: Tensor | None = None,
              world: int = 1, rank: int = 0) -> float:
     """Top-1 accuracy of ``argmax logits`` in eval mode (restores the previous mode) over the rows
-    ``index`` of ``x``/``y`` (all rows without it), read ``batch_size`` rows at a time as ``x[chunk]``.
+    ``index`` of ``x``/``y`` (all rows without it), read ``batch_size`` rows at a time as ``x[chunk]``
+    (an :class:`~supercm.data.stream.ImageStore` decodes the chunks ahead in its worker processes).
 
     Data-parallel (``world`` > 1, inside an initialised process group): each rank scores its own
     contiguous share of the rows and one all-reduce adds the counts, so every rank returns the
@@ -261,9 +263,9 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1000, ind
     was_training = model.training
     model.eval()
     correct = torch.zeros((), dtype=torch.long, device=y.device)
-    for i in range(lo, hi, batch_size):
-        chunk = index[i : min(i + batch_size, hi)]
-        logits = model(x[chunk]).logits
+    chunks = [index[i : min(i + batch_size, hi)] for i in range(lo, hi, batch_size)]
+    for chunk, x_chunk in zip(chunks, iter_rows(x, chunks)):
+        logits = model(x_chunk).logits
         correct += (logits.argmax(dim=1) == y[chunk]).sum()
     model.train(was_training)
     if world > 1:
@@ -363,6 +365,26 @@ def read_run_config(run_dir: Path) -> Config:
         raise ConfigError(f"{path}: {exc}") from None
 
 
+#: Descriptors of the run-directory locks this process holds.
+_HELD_LOCKS: set[int] = set()
+
+
+def _close_inherited_locks() -> None:
+    """In a forked child (a DataLoader worker of the stream pipeline): close the parent's lock
+    descriptors. A ``flock`` belongs to the open file, which a fork shares: without this, the workers of
+    a killed trainer would keep its run directory locked until they notice their parent is gone."""
+    for fd in _HELD_LOCKS:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD_LOCKS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_inherited_locks)
+
+
 class _DirLock:
     """An exclusive ``flock`` on ``run_dir/.lock``: one process trains in a directory at a time."""
 
@@ -386,9 +408,11 @@ class _DirLock:
             ) from None
         os.ftruncate(self.fd, 0)
         os.pwrite(self.fd, str(os.getpid()).encode(), 0)
+        _HELD_LOCKS.add(self.fd)
 
     def release(self) -> None:
         if self.fd is not None:
+            _HELD_LOCKS.discard(self.fd)
             self._fcntl.flock(self.fd, self._fcntl.LOCK_UN)
             os.close(self.fd)
             self.fd = None
@@ -1027,10 +1051,13 @@ class Trainer:
         """
         model = self.model
         model.train()
-        lab = self._indices_to_device(self.labeled_sampler.next())
-        unl = self._indices_to_device(self.unlabeled_sampler.next())
-        x_l_raw, y_l = self.x_train[lab], self.y_train[lab]
-        x_u_raw = self.x_train[unl]
+        lab_rows, unl_rows = self.labeled_sampler.next(), self.unlabeled_sampler.next()
+        lab, unl = self._indices_to_device(lab_rows), self._indices_to_device(unl_rows)
+        if isinstance(self.x_train, ImageStore):  # pipeline=stream: read by the CPU indices, checked against its prefetch
+            x_l_raw, x_u_raw = self.x_train[lab_rows], self.x_train[unl_rows]
+        else:
+            x_l_raw, x_u_raw = self.x_train[lab], self.x_train[unl]
+        y_l = self.y_train[lab]
         x_l, x_u = self._aug(x_l_raw), self._aug(x_u_raw)
         if self.world > 1:
             # Every rank draws the global batch and its augmentation (same generators, same seed) and
@@ -1153,6 +1180,10 @@ class Trainer:
         rec: dict[str, float] = {}
         sink = metrics_f is not None or self._tb is not None or bar is not None  # anyone reading the logs?
         sink = sink or self.world > 1  # data-parallel: every rank takes part in reading the logged values
+        # pipeline=stream: worker processes decode the batches of sampler copies (taken now, after any
+        # resume) ahead of the steps; every read is checked against the trainer's own indices.
+        prefetch = self.x_train.prefetch([self.labeled_sampler, self.unlabeled_sampler]) \
+            if isinstance(self.x_train, ImageStore) else nullcontext()
         try:
             start = time.perf_counter() - self.elapsed
             while self.iteration < tc.iterations:
@@ -1197,6 +1228,7 @@ class Trainer:
                         self._gather_rng_states()
                     self.save_checkpoint()
         finally:
+            prefetch.__exit__(None, None, None)
             if bar is not None:
                 bar.close()
             for f in (metrics_f, evals_f):

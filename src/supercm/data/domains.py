@@ -67,6 +67,7 @@ from ..fileio import atomic_write
 from . import offline
 from .base import ArrayDataset
 from .offline import GENERATED, FetchError, _require, _resolve_root, stratified_test_mask
+from .stream import cat_rows
 from .torchvision_sets import MNIST_AUGMENT, to_unit_range
 
 #: Seed of the stratified halving of mnist10k's training split into source / target digits.
@@ -818,7 +819,7 @@ def joined_training_set(pair: DomainPair) -> ArrayDataset:
         raise ValueError(f"domain pair {pair.name!r}: source and target need different input transforms")
     hidden = torch.full_like(t.train_y, UNLABELED)
     return ArrayDataset(
-        pair.name, torch.cat([s.train_x, t.train_x]), torch.cat([s.train_y, hidden]), t.test_x, t.test_y,
+        pair.name, cat_rows([s.train_x, t.train_x]), torch.cat([s.train_y, hidden]), t.test_x, t.test_y,
         s.num_classes, dict(s.augment), dict(s.input_transform), s.classes,
     )
 

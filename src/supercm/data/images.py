@@ -50,6 +50,14 @@ exact); the model's input stage (:class:`~supercm.models.ImageInput`) centre-cro
 Unreadable or truncated images are reported by path: ``data.options.bad_images: fail`` (default)
 stops with the list; ``skip`` leaves them out and warns with their count and paths.
 
+Two pipelines (``data.options.pipeline``). ``memory`` (default) is the decoded uint8 cache above:
+for datasets whose pixels fit in memory (Office-31, Office-Home, ImageCLEF at 256 px: 3 GB at most).
+``stream`` keeps only the file list: batches are decoded from disk by DataLoader worker processes
+(``data.options.workers``, default the CPU count up to 8; ``prefetch`` reads ahead per worker), with
+the same :func:`decode_one`, so both pipelines train identically, bit for bit, and resume exactly
+(:mod:`supercm.data.stream`). ``workers`` in the memory pipeline is the number of decoding threads
+of the cache build (unset or 0: the CPU count up to 8).
+
 The field's protocol is transductive: a domain's test set is all of its images (the target test
 set = the unlabeled target training images; their labels are read for evaluation only).
 """
@@ -71,6 +79,7 @@ import torch
 
 from ..fileio import atomic_write
 from .base import ArrayDataset, DatasetMissingError, default_data_root
+from .stream import PIPELINES
 
 #: File name endings read as images (case-insensitive).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
@@ -458,7 +467,7 @@ def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
 
 
 def decode_images(paths: list[Path], size: int, *, cache_dir: str | os.PathLike | None = None, cache: bool = True,
-                  bad_images: str = "fail", workers: int = 0, progress: bool = True,
+                  bad_images: str = "fail", workers: int | None = None, progress: bool = True,
                   what: str = "images") -> tuple[torch.Tensor, list[int]]:
     """uint8 (N', 3, size, size) and the indices into ``paths`` of the N' images kept.
 
@@ -539,39 +548,83 @@ def _check_sizes(size: int, crop: int) -> None:
         raise ValueError(f"data.options.crop must be in [1, data.options.size={size}], got {crop}")
 
 
-def _decode(images: ImageList, size: int, what: str, **kw) -> tuple[torch.Tensor, torch.Tensor]:
+def _check_pipeline(pipeline: str, prefetch: int, workers: int | None) -> None:
+    if pipeline not in PIPELINES:
+        raise ValueError(f"data.options.pipeline must be one of {', '.join(PIPELINES)}, got {pipeline!r}")
+    if workers is not None and workers < 0:
+        raise ValueError(f"data.options.workers must be ≥ 0, got {workers}")
+    if prefetch < 1:
+        raise ValueError(f"data.options.prefetch must be ≥ 1, got {prefetch}")
+
+
+def _decode(images: ImageList, size: int, what: str, *, pipeline: str = "memory", prefetch: int = 2,
+            **kw) -> tuple[torch.Tensor, torch.Tensor]:
+    """(pixels, labels) of ``images``: a uint8 tensor (memory pipeline) or an
+    :class:`~supercm.data.stream.ImageStore` of the same rows (stream pipeline)."""
+    if pipeline == "stream":
+        return _stream(images, size, what, prefetch=prefetch, **kw)
     x, kept = decode_images(images.paths, size, what=what, **kw)
     y = torch.tensor([images.labels[i] for i in kept], dtype=torch.long)
     return x, y
 
 
+def _stream(images: ImageList, size: int, what: str, *, prefetch: int, cache_dir=None, cache: bool = True,
+            bad_images: str = "fail", workers: int | None = None, progress: bool = True):
+    """The stream pipeline's store of ``images``: nothing decoded here, except with ``bad_images=skip``,
+    which decodes every file once to leave out the bad ones as :func:`decode_images` does."""
+    from .stream import ImageStore, scan_images
+
+    if bad_images not in BAD_IMAGES:
+        raise ValueError(f"data.options.bad_images must be one of {', '.join(BAD_IMAGES)}, got {bad_images!r}")
+    kept = list(range(len(images.paths)))
+    if bad_images == "skip":
+        bad = scan_images(images.paths, size, cache_dir=cache_dir, cache=cache, workers=workers, progress=progress,
+                          what=what)
+        if bad:
+            gone = {p for p, _ in bad}
+            kept = [i for i, p in enumerate(images.paths) if str(p) not in gone]
+            listed = "; ".join(f"{p} ({why})" for p, why in bad[:10]) + (f"; and {len(bad) - 10} more" if len(bad) > 10 else "")
+            warnings.warn(f"{what}: left out {len(bad)} of {len(images.paths)} images that cannot be decoded: {listed}",
+                          stacklevel=2)
+        if not kept:
+            raise BadImageError(f"none of the {len(images.paths)} {what} can be decoded")
+    store = ImageStore([images.paths[i] for i in kept], size, workers=workers, prefetch=prefetch, what=what)
+    return store, torch.tensor([images.labels[i] for i in kept], dtype=torch.long)
+
+
 def load_benchmark_domain(bench: str, domain: str, root: str | os.PathLike | None = None, *, size: int = 256,
                           crop: int = 224, layout: str = "auto", lists: dict | None = None,
                           cache_dir: str | None = None, cache: bool = True, bad_images: str = "fail",
-                          workers: int = 0, progress: bool = True) -> ArrayDataset:
+                          workers: int | None = None, progress: bool = True, pipeline: str = "memory",
+                          prefetch: int = 2) -> ArrayDataset:
     """One domain of a benchmark: every image is both its training and its test set (the field's
     transductive protocol), uint8 (N, 3, size, size)."""
     b = BENCHMARKS[bench]
     if layout not in LAYOUTS:
         raise ValueError(f"data.options.layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
     _check_sizes(size, crop)
+    _check_pipeline(pipeline, prefetch, workers)
     root = Path(root if root is not None else default_data_root()).expanduser()
     images = locate_domain(b, domain, root, layout, lists)
     name = f"{bench}_{domain}"
     x, y = _decode(images, size, name, cache_dir=cache_dir, cache=cache, bad_images=bad_images,
-                   workers=workers, progress=progress)
+                   workers=workers, progress=progress, pipeline=pipeline, prefetch=prefetch)
     augment, transform = field_transforms(crop)
     return ArrayDataset(name, x, y, x, y, len(b.classes), augment, transform, list(b.classes))
 
 
-def _empty(size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _empty(size: int, pipeline: str = "memory", **kw):
+    if pipeline == "stream":
+        from .stream import ImageStore
+
+        return ImageStore([], size, workers=kw.get("workers"), prefetch=kw.get("prefetch", 2)), torch.empty(0, dtype=torch.long)
     return torch.empty(0, 3, size, size, dtype=torch.uint8), torch.empty(0, dtype=torch.long)
 
 
 def load_image_folder(root: str | os.PathLike | None = None, *, source: str | None = None, target: str | None = None,
                       test: str | None = None, size: int = 256, crop: int = 224, cache_dir: str | None = None,
-                      cache: bool = True, bad_images: str = "fail", workers: int = 0,
-                      progress: bool = True) -> ArrayDataset:
+                      cache: bool = True, bad_images: str = "fail", workers: int | None = None,
+                      progress: bool = True, pipeline: str = "memory", prefetch: int = 2) -> ArrayDataset:
     """A user's labelled images (``source``: class sub-folders or a list) as an SSL dataset; ``test``
     (optional, same classes) is its test set — without it no test accuracy is reported. With a
     ``target`` folder set ``data.target: image_folder`` too (see :func:`load_image_folder_pair`)."""
@@ -580,14 +633,15 @@ def load_image_folder(root: str | os.PathLike | None = None, *, source: str | No
                          "(domain adaptation, or SSL with a separate unlabeled folder)")
     pair = load_image_folder_pair(root, source=source, target=None, test=test, size=size, crop=crop,
                                   cache_dir=cache_dir, cache=cache, bad_images=bad_images, workers=workers,
-                                  progress=progress)
+                                  progress=progress, pipeline=pipeline, prefetch=prefetch)
     return pair.source
 
 
 def load_image_folder_pair(root: str | os.PathLike | None = None, *, source: str | None = None,
                            target: str | None = None, test: str | None = None, size: int = 256, crop: int = 224,
                            cache_dir: str | None = None, cache: bool = True, bad_images: str = "fail",
-                           workers: int = 0, progress: bool = True):
+                           workers: int | None = None, progress: bool = True, pipeline: str = "memory",
+                           prefetch: int = 2):
     """``source`` (labelled) and ``target`` (unlabeled: every image under the folder) as a
     :class:`~supercm.data.DomainPair`. The source's test set is ``test`` only when there is no
     target; the target's test set is ``test`` (labelled target images) or empty: then the target
@@ -598,12 +652,14 @@ def load_image_folder_pair(root: str | os.PathLike | None = None, *, source: str
         raise ValueError("dataset 'image_folder' needs data.options.source: a folder with one sub-folder per class "
                          "(or a 'path label' list file)")
     _check_sizes(size, crop)
+    _check_pipeline(pipeline, prefetch, workers)
     base = Path(root).expanduser() if root is not None else Path.cwd()
-    kw = dict(cache_dir=cache_dir, cache=cache, bad_images=bad_images, workers=workers, progress=progress)
+    kw = dict(cache_dir=cache_dir, cache=cache, bad_images=bad_images, workers=workers, progress=progress,
+              pipeline=pipeline, prefetch=prefetch)
     src = read_labeled(source, base, what="source")
     xs, ys = _decode(src, size, "source images", **kw)
     classes = src.classes
-    test_x, test_y = _empty(size)
+    test_x, test_y = _empty(size, pipeline, workers=workers, prefetch=prefetch)
     if test is not None:
         tst = read_labeled(test, base, classes, drop_empty=False, what="test")
         test_x, test_y = _decode(tst, size, "test images", **kw)
@@ -615,7 +671,7 @@ def load_image_folder_pair(root: str | os.PathLike | None = None, *, source: str
     tgt_path = Path(target).expanduser()
     tgt = scan_unlabeled(tgt_path if tgt_path.is_absolute() else base / tgt_path)
     xt, yt = _decode(tgt, size, "target images", **kw)
-    s_empty = _empty(size)
+    s_empty = _empty(size, pipeline, workers=workers, prefetch=prefetch)
     s = ArrayDataset("image_folder_source", xs, ys, *s_empty, k, augment, transform, list(classes))
     t = ArrayDataset("image_folder_target", xt, yt, test_x, test_y, k, augment, transform, list(classes))
     return DomainPair("image_folder->image_folder", s, t)
@@ -627,10 +683,11 @@ load_image_folder.load_pair = load_image_folder_pair  # type: ignore[attr-define
 def _domain_loader(bench: str, domain: str) -> Callable[..., ArrayDataset]:
     def load(root: str | os.PathLike | None = None, *, size: int = 256, crop: int = 224, layout: str = "auto",
              lists: dict | None = None, cache_dir: str | None = None, cache: bool = True, bad_images: str = "fail",
-             workers: int = 0, progress: bool = True) -> ArrayDataset:
+             workers: int | None = None, progress: bool = True, pipeline: str = "memory",
+             prefetch: int = 2) -> ArrayDataset:
         return load_benchmark_domain(bench, domain, root, size=size, crop=crop, layout=layout, lists=lists,
                                      cache_dir=cache_dir, cache=cache, bad_images=bad_images, workers=workers,
-                                     progress=progress)
+                                     progress=progress, pipeline=pipeline, prefetch=prefetch)
 
     b = BENCHMARKS[bench]
     load.__name__ = f"load_{bench}_{domain}"
@@ -643,6 +700,12 @@ IMAGE_DATASETS: dict[str, Callable[..., ArrayDataset]] = {
     f"{b}_{d}": _domain_loader(b, d) for b, bench in BENCHMARKS.items() for d in bench.domains
 }
 IMAGE_DATASETS["image_folder"] = load_image_folder
+# Checked by the config (data.options) before anything is read.
+for _loader in IMAGE_DATASETS.values():
+    _loader.option_ranges = {"size": "[1, inf)", "crop": "[1, inf)", "workers": "[0, inf)",  # type: ignore[attr-defined]
+                             "prefetch": "[1, inf)"}
+    _loader.option_choices = {"pipeline": PIPELINES, "bad_images": BAD_IMAGES,  # type: ignore[attr-defined]
+                              "layout": LAYOUTS}
 
 
 __all__ = [

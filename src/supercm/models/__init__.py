@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from ..cm import ClusteringModule, CMOutput
 from .backbones import BACKBONES, MLP, SmallCNN, WideResNet, build_backbone
 from .resnet import ResNetBackbone
+from .timm_models import TimmBackbone  # registers backbone 'timm' (the timm package is imported only when used)
 
 
 class ModelOutput(NamedTuple):
@@ -88,4 +89,5 @@ class CMClassifier(nn.Module):
         return call
 
 
-__all__ = ["BACKBONES", "CMClassifier", "ImageInput", "ResNetBackbone", "MLP", "ModelOutput", "SmallCNN", "WideResNet", "build_backbone"]
+__all__ = ["BACKBONES", "MLP", "CMClassifier", "ImageInput", "ModelOutput", "ResNetBackbone", "SmallCNN", "TimmBackbone",
+           "WideResNet", "build_backbone"]

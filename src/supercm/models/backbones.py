@@ -156,5 +156,5 @@ for _name, _factory in {"mlp": MLP, "cnn": SmallCNN, "wrn28_2": wrn28_2, "wrn28_
     BACKBONES.register(_name, _factory)
 
 
-def build_backbone(name: str, input_shape: tuple[int, ...], **kwargs) -> nn.Module:
+def build_backbone(name: str, input_shape: tuple[int, ...], /, **kwargs) -> nn.Module:
     return BACKBONES.get(name)(tuple(input_shape), **kwargs)
