@@ -151,3 +151,25 @@ def test_on_gpu_matches_itself_after_state_restore():
     assert torch.equal(a, aug(x, g))
     with pytest.raises(ValueError, match="generator"):
         aug(x, torch.Generator())
+
+
+@pytest.mark.parametrize("aug", [
+    Augment(flip=True, crop_pad=2, noise_std=0.1),
+    Augment(flip=True, crop_pad=2, draw="batch"),
+    Augment(resized_crop=8, flip=True),
+    Augment(noise_std=0.5),
+])
+def test_rows_of_a_batch_get_the_draws_of_the_whole_batch(aug):
+    """aug(x[R], g, rows=R, of=B) == aug(x, g)[R], and g ends where it ends after aug(x, g): a
+    data-parallel rank augments only its share and every random number is a one-process run's."""
+    torch.manual_seed(0)
+    x = torch.randint(0, 256, (10, 3, 12, 12), dtype=torch.uint8) if aug.resized_crop else torch.randn(10, 3, 12, 12)
+    g = torch.Generator().manual_seed(1)
+    whole = aug(x, g)
+    after = torch.rand(3, generator=g)
+    for rows in (slice(5, 10), torch.tensor([0, 1, 2, 7, 8])):
+        g = torch.Generator().manual_seed(1)
+        assert torch.equal(aug(x[rows], g, rows=rows, of=10), whole[rows])
+        assert torch.equal(torch.rand(3, generator=g), after)
+    with pytest.raises(ValueError, match="rows and of together"):
+        aug(x, g, rows=slice(0, 5))

@@ -214,6 +214,14 @@ def _spawn(target, tmp_path, *args, store: str = "store"):
     # (DANN's discriminator, whose gradients DistributedDataParallel averages with the model's).
     {"method.name": "dann", "method.options": {"hidden": 16}, "train.batch_unlabeled": 32,
      "regularisers": [{"name": "mcc", "weight": 1.0}, {"name": "bnm", "weight": 0.5}]},
+    # Random numbers drawn for the batch: the augmentation (noise here), VAT's start direction, the
+    # second views of Π-Model and the authors' Pseudo-Label. Drawn for the global batch, each rank
+    # takes its rows, so they are the one-process run's (drawn per rank: 2e-2 off at the first step).
+    # ξ = 0.5: at VAT's default 1e-3 the probe's gradient is a difference of nearly equal float32
+    # numbers, and summing in another order moves the loss by 3e-4 (the test would measure rounding).
+    # The probe still amplifies rounding a little: measured 1.1e-5 at step 9, so 5e-5 for this case.
+    {"method.name": "vat", "method.delta": 1.0, "method.options": {"xi": 0.5}, "data.augmentation": {"noise_std": 0.1},
+     "regularisers": [{"name": "pi_model", "weight": 1.0}, {"name": "pseudo_label", "weight": 1.0}]},
 ])
 def test_two_gloo_processes_train_what_one_process_trains(tmp_path, dotted):
     """The same global batch and seed on 2 processes (gloo, synchronised BatchNorm,
@@ -234,10 +242,11 @@ def test_two_gloo_processes_train_what_one_process_trains(tmp_path, dotted):
     ddp = [json.loads(line) for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
     one = [json.loads(line) for line in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in ddp] == [r["iteration"] for r in one] == list(range(1, 13))
+    rel = 5e-5 if dotted.get("method.name") == "vat" else 1e-5
     for a, b in zip(ddp, one):
         assert a.keys() == b.keys()
         for k in a:
-            assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-7), (a["iteration"], k)
+            assert a[k] == pytest.approx(b[k], rel=rel, abs=1e-7), (a["iteration"], k)
     evals_ddp = [json.loads(line) for line in (tmp_path / "ddp" / "eval.jsonl").read_text().splitlines()]
     evals_one = [json.loads(line) for line in (tmp_path / "one" / "eval.jsonl").read_text().splitlines()]
     # Accuracies: float32 rounding can flip a near-tied argmax (the model is near chance after 12
@@ -251,7 +260,7 @@ def test_two_gloo_processes_train_what_one_process_trains(tmp_path, dotted):
     for name, value in single.model.state_dict().items():
         for r in ranks:
             if value.is_floating_point():
-                torch.testing.assert_close(r["state"][name], value, rtol=1e-5, atol=1e-6)
+                torch.testing.assert_close(r["state"][name], value, rtol=rel, atol=1e-6)
             else:
                 assert torch.equal(r["state"][name], value)
     assert torch.equal(ranks[0]["state"]["head.centroids"], ranks[1]["state"]["head.centroids"])

@@ -175,20 +175,23 @@ def _trainer_vat_direction_cosines(trainer, monkeypatch):
     float64 direction from the same start d0, model weights and joined batch."""
     import supercm.methods.vat as vat_module
 
+    from supercm.methods import Batch
+
     seen = {}
-    original_loss, original_randn = trainer.method.loss, torch.randn_like
+    original_loss, original_randn = trainer.method.loss, Batch.randn
 
     def spy(step):
         seen["model"] = copy.deepcopy(step.model)  # the weights before the optimizer step
         seen["x"], seen["n"] = step.x.detach().clone(), step.num_labeled
         return original_loss(step)
 
-    def recording_randn_like(t, *a, **k):
-        seen["d0"] = vat_module._unit(original_randn(t, *a, **k))
-        return seen["d0"]
+    def recording_randn(batch, *a, **k):  # VAT's random start, as drawn for the step
+        noise = original_randn(batch, *a, **k)
+        seen["d0"] = vat_module._unit(noise)
+        return noise
 
     monkeypatch.setattr(trainer.method, "loss", spy)
-    monkeypatch.setattr(vat_module.torch, "randn_like", recording_randn_like)
+    monkeypatch.setattr(Batch, "randn", recording_randn)
     trainer.train_step()
     monkeypatch.undo()
     used = trainer.method.last_direction[seen["n"]:].flatten(1)

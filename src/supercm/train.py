@@ -973,13 +973,18 @@ class Trainer:
             )
 
     # ------------------------------------------------------------------ training
-    def _aug(self, x: Tensor) -> Tensor:
-        return self.augment(x, self.aug_generator)
+    def _aug(self, x: Tensor, rows: slice | Tensor | None = None, of: int | None = None) -> Tensor:
+        """Augment ``x``, the rows ``rows`` of a batch of ``of`` (drawn for all ``of``), or all of one."""
+        return self.augment(x, self.aug_generator, rows, of)
 
     def _shard(self, n: int) -> slice:
-        """This rank's rows of a global batch of ``n`` (contiguous, n / world each)."""
+        """This rank's rows of a global batch of ``n`` (contiguous, n / world each; all in one process)."""
         share = n // self.world
         return slice(self.rank * share, (self.rank + 1) * share)
+
+    def _my_rows(self, rows: Tensor) -> Tensor:
+        """This rank's share of a global batch of dataset rows (what its prefetch decodes)."""
+        return rows[self._shard(rows.numel())]
 
     def _agree_on_state(self) -> None:
         """Data-parallel, at evaluation and checkpoint iterations: stop every rank if any rank's loss
@@ -1052,18 +1057,22 @@ class Trainer:
         model = self.model
         model.train()
         lab_rows, unl_rows = self.labeled_sampler.next(), self.unlabeled_sampler.next()
+        n_l, n_u = lab_rows.numel(), unl_rows.numel()
+        # Data-parallel: every rank draws the global batch (same samplers, same seed), reads only its
+        # own contiguous share and augments it with the draws of the global batch: the data seen, and
+        # every random number, are a one-process run's.
+        sl, su = self._shard(n_l), self._shard(n_u)
+        lab_rows, unl_rows = lab_rows[sl], unl_rows[su]
         lab, unl = self._indices_to_device(lab_rows), self._indices_to_device(unl_rows)
         if isinstance(self.x_train, ImageStore):  # pipeline=stream: read by the CPU indices, checked against its prefetch
             x_l_raw, x_u_raw = self.x_train[lab_rows], self.x_train[unl_rows]
         else:
             x_l_raw, x_u_raw = self.x_train[lab], self.x_train[unl]
         y_l = self.y_train[lab]
-        x_l, x_u = self._aug(x_l_raw), self._aug(x_u_raw)
         if self.world > 1:
-            # Every rank draws the global batch and its augmentation (same generators, same seed) and
-            # keeps its own contiguous share: the data seen is a single-process run's.
-            sl, su = self._shard(lab.numel()), self._shard(unl.numel())
-            x_l_raw, y_l, x_l, x_u_raw, x_u, unl = x_l_raw[sl], y_l[sl], x_l[sl], x_u_raw[su], x_u[su], unl[su]
+            x_l, x_u = self._aug(x_l_raw, sl, n_l), self._aug(x_u_raw, su, n_u)
+        else:
+            x_l, x_u = self._aug(x_l_raw), self._aug(x_u_raw)
         x = torch.cat([x_l, x_u])
         if self._channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -1071,6 +1080,7 @@ class Trainer:
                       self.iteration, self.cfg.train.iterations)
         if self.world > 1:
             batch.gather = distributed.all_gather  # losses of the whole batch (MCC, BNM) see every rank's rows
+            batch.labeled_rows, batch.unlabeled_rows, batch.global_sizes = sl, su, (n_l, n_u)
         terms = [(t, w, key) for t, w, key in self._weighted_terms()
                  if w > 0 and (unl.numel() > 0 or not t.needs_unlabeled)]
         with self._autocast():
@@ -1182,7 +1192,8 @@ class Trainer:
         sink = sink or self.world > 1  # data-parallel: every rank takes part in reading the logged values
         # pipeline=stream: worker processes decode the batches of sampler copies (taken now, after any
         # resume) ahead of the steps; every read is checked against the trainer's own indices.
-        prefetch = self.x_train.prefetch([self.labeled_sampler, self.unlabeled_sampler]) \
+        prefetch = self.x_train.prefetch([self.labeled_sampler, self.unlabeled_sampler],
+                                         self._my_rows if self.world > 1 else None) \
             if isinstance(self.x_train, ImageStore) else nullcontext()
         try:
             start = time.perf_counter() - self.elapsed

@@ -56,6 +56,12 @@ class Augment:
 
     For vectors (N, D) only the noise applies. With everything off the call returns
     ``x`` itself. The output has ``x``'s shape, dtype and device.
+
+    ``aug(x, generator, rows=R, of=B)``: ``x`` holds the rows ``R`` (a slice or an index tensor)
+    of a batch of ``B``. Every random number is drawn for the whole batch of ``B``, in the same
+    order, and the rows ``R`` get theirs: the output is ``aug(whole batch)[R]`` and the generator
+    ends where it would, while only ``x`` is transformed. Data-parallel training uses it (each
+    process holds its share of the global batch).
     """
 
     flip: bool = False
@@ -90,57 +96,67 @@ class Augment:
     def is_identity(self) -> bool:
         return not self.flip and self.crop_pad == 0 and self.noise_std == 0 and self.resized_crop == 0
 
-    def __call__(self, x: Tensor, generator: torch.Generator) -> Tensor:
+    def __call__(self, x: Tensor, generator: torch.Generator, rows: slice | Tensor | None = None,
+                 of: int | None = None) -> Tensor:
         if self.is_identity:
             return x
+        if (rows is None) != (of is None):
+            raise ValueError("Augment: give rows and of together (the rows x holds of a batch of `of`)")
         if generator.device.type != x.device.type:
             raise ValueError(
                 f"generator is on {generator.device} but the batch is on {x.device}; use one on the batch's device"
             )
         if x.dtype == torch.uint8:
             x = x.float().div_(255)
+        of = x.shape[0] if of is None else of
         if x.dim() == 4:
             if self.resized_crop:
-                x = self._resized_crop(x, generator)
+                x = self._resized_crop(x, generator, rows, of)
             if self.flip:
-                x = self._flip(x, generator)
+                x = self._flip(x, generator, rows, of)
             if self.crop_pad:
-                x = self._crop(x, generator)
+                x = self._crop(x, generator, rows, of)
         elif x.dim() != 2:
             raise ValueError(f"Augment expects (N, C, H, W) images or (N, D) vectors, got shape {tuple(x.shape)}")
         if self.noise_std:
-            noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-            x = x + self.noise_std * noise
+            noise = torch.randn((of, *x.shape[1:]), generator=generator, device=x.device, dtype=x.dtype)
+            x = x + self.noise_std * self._mine(noise, rows)
         return x
 
     def _draws(self, n: int) -> int:
         """How many independent flip decisions / crop offsets a batch of ``n`` images gets."""
         return n if self.draw == "sample" else 1
 
-    def _flip(self, x: Tensor, generator: torch.Generator) -> Tensor:
-        flipped = torch.rand(self._draws(x.shape[0]), generator=generator, device=x.device) < 0.5
-        return torch.where(flipped.view(-1, 1, 1, 1), x.flip(-1), x)
+    def _mine(self, drawn: Tensor, rows: slice | Tensor | None) -> Tensor:
+        """The rows of per-image draws that belong to the images held (all of one batch draw)."""
+        if rows is None or drawn.shape[0] == 1:
+            return drawn
+        return drawn[rows]
 
-    def _crop(self, x: Tensor, generator: torch.Generator) -> Tensor:
+    def _flip(self, x: Tensor, generator: torch.Generator, rows=None, of: int | None = None) -> Tensor:
+        flipped = torch.rand(self._draws(of or x.shape[0]), generator=generator, device=x.device) < 0.5
+        return torch.where(self._mine(flipped, rows).view(-1, 1, 1, 1), x.flip(-1), x)
+
+    def _crop(self, x: Tensor, generator: torch.Generator, rows=None, of: int | None = None) -> Tensor:
         n, c, h, w = x.shape
         p = self.crop_pad
         if p >= h or p >= w:
             raise ValueError(f"crop_pad={p} needs images larger than {p}×{p} for reflect padding, got {h}×{w}")
         padded = F.pad(x, (p, p, p, p), mode="reflect")  # (N, C, H+2p, W+2p)
-        offsets = torch.randint(0, 2 * p + 1, (self._draws(n), 2), generator=generator, device=x.device)
-        offsets = offsets.expand(n, 2)
+        offsets = torch.randint(0, 2 * p + 1, (self._draws(of or n), 2), generator=generator, device=x.device)
+        offsets = self._mine(offsets, rows).expand(n, 2)
         rows = offsets[:, :1] + torch.arange(h, device=x.device)  # (N, H)
         cols = offsets[:, 1:] + torch.arange(w, device=x.device)  # (N, W)
         # Gather rows then columns: (N, C, H, W+2p) then (N, C, H, W).
         padded = padded.gather(2, rows.view(n, 1, h, 1).expand(n, c, h, w + 2 * p))
         return padded.gather(3, cols.view(n, 1, 1, w).expand(n, c, h, w))
 
-    def _resized_crop(self, x: Tensor, generator: torch.Generator) -> Tensor:
+    def _resized_crop(self, x: Tensor, generator: torch.Generator, rows=None, of: int | None = None) -> Tensor:
         from torchvision.ops import roi_align
 
         n, _, h, w = x.shape
         s, dev = self.resized_crop, x.device
-        m = self._draws(n)
+        m = self._draws(of or n)
         area = h * w
         # All attempts at once: (m, RRC_ATTEMPTS) area fractions and log aspect ratios.
         scale = torch.empty(m, RRC_ATTEMPTS, device=dev).uniform_(*RRC_SCALE, generator=generator)
@@ -165,7 +181,7 @@ class Augment:
         u = torch.rand(m, 2, device=dev, generator=generator)
         top = torch.where(first >= 0, (u[:, 0] * (h - bh + 1)).floor(), ((h - bh) / 2).floor())
         left = torch.where(first >= 0, (u[:, 1] * (w - bw + 1)).floor(), ((w - bw) / 2).floor())
-        boxes = torch.stack([left, top, left + bw, top + bh], 1).expand(n, 4).to(x.dtype)
+        boxes = self._mine(torch.stack([left, top, left + bw, top + bh], 1), rows).expand(n, 4).to(x.dtype)
         index = torch.arange(n, device=dev, dtype=x.dtype).unsqueeze(1)
         # aligned=True: pixel k covers [k, k+1), so the box [left, left+bw) is exactly the crop's pixels.
         return roi_align(x, torch.cat([index, boxes], 1), output_size=(s, s), spatial_scale=1.0,

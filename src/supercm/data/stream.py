@@ -41,7 +41,7 @@ import json
 import math
 import os
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -280,13 +280,14 @@ class ImageStore:
         return self._through_pool(reads)
 
     # ---------------------------------------------------------------- prefetch of the training batches
-    def prefetch(self, samplers: Sequence) -> _Prefetch:
+    def prefetch(self, samplers: Sequence, select: Callable[[Tensor], Tensor] | None = None) -> _Prefetch:
         """Decode ahead, in worker processes, the batches that copies of ``samplers`` (objects with
-        ``next() → index tensor``, taken at their current state) draw in turn, step after step. A read
+        ``next() → index tensor``, taken at their current state) draw in turn, step after step; with
+        ``select``, the rows ``select(batch)`` of each (a data-parallel rank's share). A read
         ``store[rows]`` with CPU ``rows`` then takes the next prefetched batch when its rows are equal.
         Returns the prefetch; use it as a context manager (or call :meth:`stop`) to stop its workers."""
         self.stop()
-        self._stream = _Prefetch(self, samplers)
+        self._stream = _Prefetch(self, samplers, select)
         return self._stream
 
     def stop(self) -> None:
@@ -299,9 +300,10 @@ class ImageStore:
 class _Prefetch:
     """Batches of sampler copies decoded ahead; see :meth:`ImageStore.prefetch`."""
 
-    def __init__(self, store: ImageStore, samplers: Sequence):
+    def __init__(self, store: ImageStore, samplers: Sequence, select: Callable[[Tensor], Tensor] | None = None):
         self.store = store
         self.copies = [copy.deepcopy(s) for s in samplers]
+        self.select = select
         self._reads: Iterator | None = None  # started at the first read: a finished run forks no worker
         self._rows: collections.deque = collections.deque()  # the rows of the reads handed to the loader
         self._head: tuple[list[int], Tensor] | None = None
@@ -311,7 +313,8 @@ class _Prefetch:
         paths = self.store.paths
         while True:
             for sampler in self.copies:
-                rows = sampler.next().tolist()
+                drawn = sampler.next()
+                rows = (drawn if self.select is None else self.select(drawn)).tolist()
                 self._rows.append(rows)
                 yield [paths[r] for r in rows]
 

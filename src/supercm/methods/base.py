@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Iterator
 
+import torch
 from torch import Tensor, nn
 
 from ..registry import Registry
@@ -41,6 +42,12 @@ class Batch:
     class confusion, BNM's nuclear norm) computes it on ``gather(t)``, this step's rows of ``t``
     from every process (with gradient), so it equals the one-process loss. In one process
     ``gather`` returns ``t``.
+
+    Randomness a term draws for the batch goes through :meth:`augmented` (a fresh view of raw
+    rows) and :meth:`randn` (noise like some rows of ``x``): in a data-parallel run they draw for
+    the *global* batch and return this process's rows (``labeled_rows`` / ``unlabeled_rows`` of
+    ``global_sizes``), so every random number equals a one-process run's and the processes' random
+    streams stay together. ``augment(t)`` augments any tensor as it is (no such guarantee).
     """
 
     model: nn.Module
@@ -53,6 +60,39 @@ class Batch:
     total_iterations: int = 1
     output: Any = None  # supercm.models.ModelOutput once the model has been called
     gather: Callable[[Tensor], Tensor] = _local  # the batch's rows of a tensor from every process
+    # Data-parallel: this process's rows of the global labeled / unlabeled batch, and their sizes.
+    labeled_rows: slice | None = None
+    unlabeled_rows: slice | None = None
+    global_sizes: tuple[int, int] | None = None
+
+    def _global_rows(self, which: str) -> tuple[Tensor | slice | None, int | None]:
+        """(this process's rows ``which`` in the global batch, the global count); (None, None) in one process."""
+        if which not in ("all", "labeled", "unlabeled"):
+            raise ValueError(f"which must be 'all', 'labeled' or 'unlabeled', got {which!r}")
+        if self.global_sizes is None:
+            return None, None
+        n_l, n_u = self.global_sizes
+        if which == "labeled":
+            return self.labeled_rows, n_l
+        if which == "unlabeled":
+            return self.unlabeled_rows, n_u
+        rows = torch.cat([torch.arange(n_l)[self.labeled_rows], n_l + torch.arange(n_u)[self.unlabeled_rows]])
+        return rows.to(self.x.device), n_l + n_u
+
+    def augmented(self, which: str = "all") -> Tensor:
+        """A fresh augmentation of the raw rows ``which`` (``"all"``, ``"labeled"``, ``"unlabeled"``):
+        another view of the batch, for the terms that compare two (Π-Model, Mean Teacher)."""
+        rows, of = self._global_rows(which)
+        raw = {"all": self.x_raw, "labeled": self.x_labeled_raw, "unlabeled": self.x_unlabeled_raw}[which]
+        return self.augment(raw) if rows is None else self.augment(raw, rows, of)
+
+    def randn(self, which: str = "all") -> Tensor:
+        """N(0, 1) noise shaped like the rows ``which`` of ``x``, from torch's default generator."""
+        rows, of = self._global_rows(which)
+        x = {"all": self.x, "labeled": self.x_labeled, "unlabeled": self.x_unlabeled}[which]
+        if rows is None:
+            return torch.randn(x.shape, dtype=x.dtype, device=x.device)
+        return torch.randn((of, *x.shape[1:]), dtype=x.dtype, device=x.device)[rows]
 
     @property
     def progress(self) -> float:

@@ -32,7 +32,7 @@ class MeanTeacher(Term):
     def loss(self, batch: Batch) -> Tensor:
         self.teacher.train(batch.model.training)
         with torch.no_grad():
-            target = self.teacher(batch.augment(batch.x_unlabeled_raw)).logits.softmax(dim=1)
+            target = self.teacher(batch.augmented("unlabeled")).logits.softmax(dim=1)
         return F.mse_loss(batch.logits_unlabeled.softmax(dim=1), target)
 
     @torch.no_grad()

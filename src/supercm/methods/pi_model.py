@@ -20,5 +20,5 @@ class PiModel(Term):
 
     def loss(self, batch: Batch) -> Tensor:
         with torch.no_grad(), frozen_batchnorm_stats(batch.model):
-            target = batch.model(batch.augment(batch.x_unlabeled_raw)).logits.softmax(dim=1)
+            target = batch.model(batch.augmented("unlabeled")).logits.softmax(dim=1)
         return F.mse_loss(batch.logits_unlabeled.softmax(dim=1), target)

@@ -46,7 +46,7 @@ class PseudoLabel(Term):
         p = batch.logits_unlabeled.detach().softmax(dim=1)
         target = pseudo_label_target(p, self.options.threshold, self.CONFIDENT_WEIGHT)
         with frozen_batchnorm_stats(batch.model):
-            logits = batch.model(batch.augment(batch.x_raw)).logits[batch.num_labeled :]
+            logits = batch.model(batch.augmented()).logits[batch.num_labeled :]
         return -(target * logits.log_softmax(dim=1)).sum(dim=1).mean()
 
 

@@ -92,7 +92,7 @@ class VAT(Term):
                 with torch.no_grad():
                     p = model(x).logits[n:].float().softmax(dim=1)
             d = torch.zeros_like(x)
-            d[n:] = _unit(torch.randn_like(x[n:]))
+            d[n:] = _unit(batch.randn("unlabeled"))
             for _ in range(opts.power_iterations):
                 r = (opts.xi * d).requires_grad_(True)
                 dist = _kl(p, model(x + r).logits[n:])
