@@ -222,3 +222,43 @@ def test_pipeline_options_are_one_line_config_errors(options, match):
         from_dict({"data": {"name": "office31_amazon", "target": "office31_webcam", "options": options}})
     with pytest.raises(ConfigError, match="unknown option data.options.pipeline for dataset 'digits'"):
         from_dict({"data": {"name": "digits", "options": {"pipeline": "stream"}}})
+
+
+def _ddp_stream_worker(rank, world, init_file, root, out_dir):
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        cfg = config(Path(root), "stream", 1, batch_labeled=4, batch_unlabeled=4, sync_batchnorm=True)
+        trainer = quiet(Trainer, cfg, os.path.join(out_dir, "ddp") if rank == 0 else None)
+        quiet(trainer.fit)
+        torch.save({"prefetched": trainer.x_train.reads["prefetched"]}, os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        close_workers()
+        dist.destroy_process_group()
+
+
+def test_data_parallel_ranks_stream_only_their_share(tmp_path):
+    """2 gloo processes with pipeline=stream: each rank's prefetch decodes its own half of every
+    global batch (every training read came from it), and the run trains what one process trains
+    from the memory pipeline (float32 sums in another order: 1e-5 relative)."""
+    import torch.multiprocessing as mp
+
+    root = tree(tmp_path / "data")
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_ddp_stream_worker, args=(r, 2, str(tmp_path / "store"), str(root), str(tmp_path)))
+             for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=300)
+    assert [p.exitcode for p in procs] == [0, 0]
+    assert [torch.load(tmp_path / f"rank{r}.pt")["prefetched"] for r in range(2)] == [12, 12]
+    one = quiet(Trainer, config(root, "memory", 0, batch_labeled=4, batch_unlabeled=4), tmp_path / "one")
+    quiet(one.fit)
+    a, b = ([json.loads(line) for line in (tmp_path / d / METRICS).read_text().splitlines()] for d in ("ddp", "one"))
+    assert len(a) == len(b) == 6
+    for ra, rb in zip(a, b):
+        for k in ra:
+            assert ra[k] == pytest.approx(rb[k], rel=1e-5, abs=1e-7), (ra["iteration"], k)
