@@ -27,7 +27,12 @@ here", not as GPU scaling.
 
 ``--channels-last``: the SuperCM arms again with ``train.channels_last`` (NHWC weights and batches).
 
-Not measured yet (issue 13): ``torch.compile`` (no such option yet), ResNet-50.
+``--compile``: the base and SuperCM arms again with ``train.compile`` (input stage + backbone through
+``torch.compile``; the compilation happens in the warm-up steps, which are not timed).
+
+Task ``uda_resnet50`` (not in the default list): the field's DANN step on a torchvision ResNet-50
+with the 256-d bottleneck (random weights; throughput does not depend on them), at ``--resnet-size``
+pixels (default 64 on the CPU; 224 is the protocol's size, for a GPU).
 """
 
 from __future__ import annotations
@@ -53,10 +58,16 @@ TASKS = {
     "uda": ("cnn", {"width": 16, "convs_per_block": 1}, (3, 28, 28), {"crop_pad": 2}, "dann",
             {"name": "sgd", "lr": 0.01, "momentum": 0.9, "nesterov": True, "weight_decay": 1e-3,
              "schedule": "annealed"}),
+    "uda_resnet50": ("resnet50", {"weights": "none"}, (3, 64, 64), {"flip": True}, "dann",
+                     {"name": "sgd", "lr": 0.01, "momentum": 0.9, "nesterov": True, "weight_decay": 1e-3,
+                      "schedule": "annealed", "backbone_lr_mult": 0.1}),
 }
+DEFAULT_TASKS = ("ssl", "uda")
 ARMS = ("fp32-base", "fp32-supercm", "fp32-authors", "bf16-base", "bf16-supercm")
 #: ``--channels-last``: the SuperCM arms again with train.channels_last (NHWC), image tasks.
 CL_ARMS = ("fp32-supercm-cl", "bf16-supercm-cl")
+#: ``--compile``: base and SuperCM arms with train.compile.
+COMPILE_ARMS = ("fp32-base-compile", "fp32-supercm-compile", "bf16-supercm-compile")
 
 
 def _synthetic(shape, n: int, seed: int, augment: dict | None = None, num_classes: int = 10) -> ArrayDataset:
@@ -78,7 +89,8 @@ def build_trainer(task: str, arm: str, batch: int, device: str = "cpu", model_op
         "optim": optim,
         "train": {"batch_labeled": batch, "batch_unlabeled": batch, "precision": precision, "device": device,
                   "ema_decay": 0.99 if task == "ssl" else 0.0, "progress": False, "tensorboard": False, "seed": 0,
-                  "sync_batchnorm": sync_batchnorm, "channels_last": layout == ["cl"]},
+                  "sync_batchnorm": sync_batchnorm, "channels_last": layout == ["cl"],
+                  "compile": layout == ["compile"]},
     }
     if task == "uda":
         cfg["data"].update(target="synthetic-target", num_labeled=1)
@@ -104,12 +116,16 @@ def time_task(task: str, batch: int, reps: int, warmup: int, block: int, device:
         "authors_overhead_fp32": ratio(times["fp32-authors"], times["fp32-base"]),
         "channels_last_speedup": {p: ratio(times[f"{p}-supercm"], times[f"{p}-supercm-cl"])
                                   for p in ("fp32", "bf16") if f"{p}-supercm-cl" in times},
+        "compile_speedup": {a: ratio(times[a], times[f"{a}-compile"])
+                            for a in ("fp32-base", "fp32-supercm", "bf16-supercm") if f"{a}-compile" in times},
+        "supercm_overhead_compiled": (ratio(times["fp32-supercm-compile"], times["fp32-base-compile"])
+                                      if "fp32-base-compile" in times else None),
         "raw_seconds": times,
     }
 
 
 #: Steps per arm per repetition: the CPU UDA step lasts ~20 ms, too short to time one at a time.
-DEFAULT_BLOCK = {"ssl": 1, "uda": 5}
+DEFAULT_BLOCK = {"ssl": 1, "uda": 5, "uda_resnet50": 1}
 
 
 def _ddp_worker(rank, world, init_file, task, batch, steps, warmup, out):
@@ -161,16 +177,16 @@ def time_ddp(task: str, batch: int, reps: int, steps: int = 5, warmup: int = 2) 
             "speedup_2_over_1": common.ratio_summary(out["1"], out["2"]), "raw_seconds": out}
 
 
-def run(tasks=tuple(TASKS), batch: int = 8, reps: int = 5, warmup: int = 2, block: int | None = None,
+def run(tasks=DEFAULT_TASKS, batch: int = 8, reps: int = 5, warmup: int = 2, block: int | None = None,
         device: str = "cpu", threads: int | None = None, model_options: dict | None = None, ddp: bool = False,
-        ddp_reps: int = 3, channels_last: bool = False, echo=print) -> dict:
+        ddp_reps: int = 3, channels_last: bool = False, compile: bool = False, echo=print) -> dict:
     threads = common.set_threads(threads)
     machine = common.machine_info()
     block = {t: block or DEFAULT_BLOCK[t] for t in tasks}
     rows = []
     for task in tasks:
         r = time_task(task, batch, reps, warmup, block[task], device, (model_options or {}).get(task),
-                      ARMS + (CL_ARMS if channels_last else ()))
+                      ARMS + (CL_ARMS if channels_last else ()) + (COMPILE_ARMS if compile else ()))
         rows.append(r)
         echo(f"{task}: " + "  ".join(f"{a} {r['seconds_per_step'][a]['median']:.3f} s" for a in ARMS)
              + f"  bf16 speed-up {common.fmt_ratio(r['bf16_speedup']['supercm'])}"
@@ -229,6 +245,16 @@ def to_markdown(data: dict) -> str:
               f"{r['seconds_per_step']['bf16-supercm-cl']['median']:.3f}",
               common.fmt_ratio(r["channels_last_speedup"]["fp32"], 2),
               common.fmt_ratio(r["channels_last_speedup"]["bf16"], 2)] for r in cl]))
+    comp = [r for r in data["results"] if r.get("compile_speedup")]
+    if comp:
+        out += ["", "torch.compile (train.compile: input stage + backbone compiled, head eager), speed-up over eager, "
+                "and SuperCM's overhead with both compiled:", ""]
+        out.append(common.markdown_table(
+            ["task", "fp32 β 0 s/step compiled", "fp32 β 1 s/step compiled", "bf16 β 1 s/step compiled",
+             "speed-up fp32 β 0", "speed-up fp32 β 1", "speed-up bf16 β 1", "SuperCM overhead compiled fp32"],
+            [[r["task"], *(f"{r['seconds_per_step'][a]['median']:.3f}" for a in COMPILE_ARMS),
+              *(common.fmt_ratio(r["compile_speedup"][a], 2) for a in ("fp32-base", "fp32-supercm", "bf16-supercm")),
+              common.fmt_ratio(r["supercm_overhead_compiled"])] for r in comp]))
     if data.get("ddp"):
         out += ["", "Data-parallel (gloo, synchronised BatchNorm, fp32 SuperCM step, same global batch; rank 0's median "
                 "s/step per run, the two process counts alternated):", ""]
@@ -241,7 +267,7 @@ def to_markdown(data: dict) -> str:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    p.add_argument("--tasks", nargs="+", default=list(DEFAULT_TASKS), choices=list(TASKS))
     p.add_argument("--batch", type=int, default=8, help="labeled (source) batch = unlabeled (target) batch")
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
@@ -251,12 +277,16 @@ def main(argv=None) -> None:
     p.add_argument("--ddp", action="store_true", help="also time 1 vs 2 data-parallel processes (gloo)")
     p.add_argument("--channels-last", action="store_true", help="also time the SuperCM arms with train.channels_last")
     p.add_argument("--ddp-reps", type=int, default=3, help="alternations of 1 and 2 processes")
+    p.add_argument("--compile", action="store_true", help="also time arms with train.compile")
+    p.add_argument("--resnet-size", type=int, default=64, help="image side of the uda_resnet50 task (224: the protocol)")
     p.add_argument("--quick", action="store_true", help="tiny sizes, 2 repetitions (a smoke run)")
     p.add_argument("--out", default=None, help="directory for throughput.json / .md (default benchmarks/results)")
     args = p.parse_args(argv)
     kw = dict(tasks=args.tasks, batch=args.batch, reps=args.reps, warmup=args.warmup, block=args.block,
               device=args.device, threads=args.threads, ddp=args.ddp, ddp_reps=args.ddp_reps,
-              channels_last=args.channels_last)
+              channels_last=args.channels_last, compile=args.compile)
+    backbone, options, _, *rest = TASKS["uda_resnet50"]
+    TASKS["uda_resnet50"] = (backbone, options, (3, args.resnet_size, args.resnet_size), *rest)
     if args.quick:
         kw.update(batch=2, reps=2, warmup=1, ddp_reps=1)
     data = run(**kw)

@@ -140,3 +140,11 @@ def test_image_throughput_measures_both_pipelines(tmp_path, monkeypatch, capsys)
     assert set(r["stream_decode"]) == {"stream_w0", "stream_w1"}
     assert r["train"]["ratio_stream_over_memory"]["median"] > 0 and r["train"]["stream_workers"] == 1
     assert "stream / memory" in capsys.readouterr().out
+
+
+def test_throughput_compile_arms_and_the_resnet50_task_build():
+    compiled = throughput.build_trainer("uda", "fp32-supercm-compile", 2)
+    assert compiled.cfg.train.compile and compiled.objective.model_call is not compiled.model
+    assert compiled.cfg.replace(**{"train.compile": False}) == throughput.build_trainer("uda", "fp32-supercm", 2).cfg
+    resnet = throughput.build_trainer("uda_resnet50", "fp32-supercm", 2)
+    assert resnet.cfg.model.backbone == "resnet50" and resnet.model.backbone.out_features == 256
