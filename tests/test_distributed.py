@@ -333,6 +333,17 @@ def test_torchrun_resume_ends_where_an_uninterrupted_run_ends(tmp_path, capsys):
     assert "written by 2 process(es), this run has 1" in capsys.readouterr().err
 
 
+def _record_outcome(fit, error: type[Exception], out_dir: str, rank: int) -> None:
+    """Write "finished", or the message of ``error`` if ``fit()`` raised it, to rank<rank>.txt."""
+    try:
+        fit()
+        message = "finished"
+    except error as exc:
+        message = str(exc)
+    with open(os.path.join(out_dir, f"rank{rank}.txt"), "w") as f:
+        f.write(message)
+
+
 def _diverging_worker(rank, world, init_file, out_dir):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
@@ -346,13 +357,7 @@ def _diverging_worker(rank, world, init_file, out_dir):
         if rank == 1:  # only rank 1's loss goes bad, at its 7th step (not a logged one)
             original = t.supercm.loss
             t.supercm.loss = lambda batch: original(batch) * (float("nan") if batch.iteration == 6 else 1.0)
-        try:
-            t.fit()
-            message = "finished"
-        except FloatingPointError as exc:
-            message = str(exc)
-        with open(os.path.join(out_dir, f"rank{rank}.txt"), "w") as f:
-            f.write(message)
+        _record_outcome(t.fit, FloatingPointError, out_dir, rank)
     finally:
         dist.destroy_process_group()
 
@@ -386,13 +391,7 @@ def _unused_worker(rank, world, init_file, out_dir, find_unused):
         BACKBONES.register("mlp_with_dead_layer", WithDeadLayer)
         cfg = from_dict(TRAIN).replace(**{"model.backbone": "mlp_with_dead_layer", "train.iterations": 3,
                                           "train.find_unused_parameters": find_unused})
-        try:
-            Trainer(cfg, dataset=load_dataset("digits")).fit()
-            message = "finished"
-        except ConfigError as exc:
-            message = str(exc)
-        with open(os.path.join(out_dir, f"rank{rank}.txt"), "w") as f:
-            f.write(message)
+        _record_outcome(Trainer(cfg, dataset=load_dataset("digits")).fit, ConfigError, out_dir, rank)
     finally:
         dist.destroy_process_group()
 
