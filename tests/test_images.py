@@ -300,10 +300,7 @@ def test_a_shipped_office_config_runs_end_to_end_on_a_generated_tree(tmp_path):
 
     from supercm.data.images import OFFICE31_CLASSES
 
-    for domain in ("amazon", "webcam"):
-        for k, c in enumerate(OFFICE31_CLASSES):
-            for i in range(2):
-                write_image(tmp_path / "data" / "office31" / domain / "images" / c / f"frame_{i:04d}.jpg", k, i)
+    _office31_tree(tmp_path / "data")
     root = Path(__file__).resolve().parent.parent
     cfg = load_config(root / "configs" / "uda" / "office31-A-to-W-dann-cm.yaml", [
         f"data.root={tmp_path / 'data'}", "data.num_validation=31",
@@ -317,6 +314,53 @@ def test_a_shipped_office_config_runs_end_to_end_on_a_generated_tree(tmp_path):
     assert result.iterations == 4 and math.isfinite(result.final_test_accuracy)
     assert json.loads((tmp_path / "run" / CLASSES).read_text()) == list(OFFICE31_CLASSES)
     assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["data"]["name"] == "office31_amazon"
+
+
+def _office31_tree(root: Path, per_class: int = 2) -> None:
+    from supercm.data.images import OFFICE31_CLASSES
+
+    for domain in ("amazon", "webcam"):
+        for k, c in enumerate(OFFICE31_CLASSES):
+            for i in range(per_class):
+                write_image(root / "office31" / domain / "images" / c / f"frame_{i:04d}.jpg", k, i)
+
+
+def test_the_benchmark_runner_goes_from_a_generated_tree_to_the_results_table(tmp_path):
+    """benchmarks/uda_accuracy.py on a generated Office-31 (the shipped A→W DANN configs, ResNet-18
+    from a weights file at 32 px, 2 iterations, 2 seeds, ± SuperCM): one results file, the table under
+    every selection rule with the paired gain, and a second call finds every run done."""
+    import subprocess
+    import sys
+
+    _office31_tree(tmp_path / "data")
+    root = Path(__file__).resolve().parent.parent
+    out = tmp_path / "results" / "office31.jsonl"
+    cmd = [sys.executable, str(root / "benchmarks" / "uda_accuracy.py"), "--pairs", "office31-A-to-W", "--methods",
+           "dann", "--seeds", "2", "--workers", "1", "--run-root", str(tmp_path / "runs"), "--out", str(out),
+           "--data-root", str(tmp_path / "data"), "data.num_validation=31",
+           "data.options=" + json.dumps(opts(tmp_path, size=40, crop=32)), "model.backbone=resnet18",
+           "model.options=" + json.dumps({"weights": str(_r18_weights(tmp_path)), "bottleneck": 32}),
+           "train.iterations=2", "train.eval_every=1", "train.checkpoint_every=1", "train.batch_labeled=4",
+           "train.batch_unlabeled=4", "train.device=cpu"]
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": str(root / "src") + ":" + __import__("os").environ.get("PYTHONPATH", "")}
+    out.parent.mkdir()
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted((r["cm"], r["seed"]) for r in records) == [(False, 0), (False, 1), (True, 0), (True, 1)]
+    assert all(r["iterations"] == 2 and set(r["rules"]) == {"best_validation", "last", "oracle_test_selected"}
+               for r in records)
+    md = out.with_suffix(".md").read_text()
+    for rule in ("source-val", "last", "oracle (test-selected)"):
+        assert f"**Rule: {rule}**" in md
+    rows = [line for line in md.splitlines() if line.startswith("| office31-A-to-W | dann |")]
+    assert len(rows) == 3 and all(row.count("/2 |") == 1 for row in rows)  # wins out of 2 paired seeds
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == [
+        "office31-A-to-W-dann-cm-seed0", "office31-A-to-W-dann-cm-seed1", "office31-A-to-W-dann-seed0",
+        "office31-A-to-W-dann-seed1"]
+    again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert again.returncode == 0 and "4 runs already" in again.stderr and "0 to go" in again.stderr
 
 
 def test_image_run_resumes_exactly(tmp_path):

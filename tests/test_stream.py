@@ -99,6 +99,8 @@ def test_a_stream_run_killed_mid_run_resumes_exactly(tmp_path):
     killed = tmp_path / "killed"
     script = textwrap.dedent(f"""
         import os, signal, warnings
+        import torch
+        torch.set_num_threads({torch.get_num_threads()})  # this process's: float sums split alike
         warnings.simplefilter("ignore")
         from supercm.config import load_config
         from supercm.train import Trainer
