@@ -601,8 +601,10 @@ class Trainer:
 
         # Buffers: BatchNorm statistics are the global batch's with train.sync_batchnorm, else each
         # rank's own until _agree_on_state gives every rank rank 0's (no broadcast every step).
+        # gradient_as_bucket_view: the gradients are views into DDP's communication buckets (no copy
+        # in or out of them, one gradient's memory less).
         ddp = DistributedDataParallel(objective, device_ids=None, broadcast_buffers=False,
-                                      find_unused_parameters=tc.find_unused_parameters)
+                                      find_unused_parameters=tc.find_unused_parameters, gradient_as_bucket_view=True)
         return objective, ddp
 
     @property
