@@ -466,6 +466,11 @@ def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
 
 
 
+def _listing(bad: list) -> str:
+    """The first ten undecodable images as 'path (why)', and how many more."""
+    return "; ".join(f"{p} ({why})" for p, why in bad[:10]) + (f"; and {len(bad) - 10} more" if len(bad) > 10 else "")
+
+
 def decode_images(paths: list[Path], size: int, *, cache_dir: str | os.PathLike | None = None, cache: bool = True,
                   bad_images: str = "fail", workers: int | None = None, progress: bool = True,
                   what: str = "images") -> tuple[torch.Tensor, list[int]]:
@@ -523,7 +528,7 @@ def decode_images(paths: list[Path], size: int, *, cache_dir: str | os.PathLike 
             atomic_write(meta_path, json.dumps(meta))
     bad = meta["bad"]
     if bad:
-        listed = "; ".join(f"{p} ({why})" for p, why in bad[:10]) + (f"; and {len(bad) - 10} more" if len(bad) > 10 else "")
+        listed = _listing(bad)
         if bad_images == "fail":
             raise BadImageError(f"{len(bad)} of {len(paths)} {what} cannot be decoded: {listed}. Replace them, or "
                                 f"set data.options.bad_images=skip to leave them out")
@@ -583,7 +588,7 @@ def _stream(images: ImageList, size: int, what: str, *, prefetch: int, cache_dir
         if bad:
             gone = {p for p, _ in bad}
             kept = [i for i, p in enumerate(images.paths) if str(p) not in gone]
-            listed = "; ".join(f"{p} ({why})" for p, why in bad[:10]) + (f"; and {len(bad) - 10} more" if len(bad) > 10 else "")
+            listed = _listing(bad)
             warnings.warn(f"{what}: left out {len(bad)} of {len(images.paths)} images that cannot be decoded: {listed}",
                           stacklevel=2)
         if not kept:
