@@ -1071,10 +1071,7 @@ class Trainer:
         else:
             x_l_raw, x_u_raw = self.x_train[lab], self.x_train[unl]
         y_l = self.y_train[lab]
-        if self.world > 1:
-            x_l, x_u = self._aug(x_l_raw, sl, n_l), self._aug(x_u_raw, su, n_u)
-        else:
-            x_l, x_u = self._aug(x_l_raw), self._aug(x_u_raw)
+        x_l, x_u = self._aug(x_l_raw, sl, n_l), self._aug(x_u_raw, su, n_u)
         x = torch.cat([x_l, x_u])
         if self._channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -1194,8 +1191,7 @@ class Trainer:
         sink = sink or self.world > 1  # data-parallel: every rank takes part in reading the logged values
         # pipeline=stream: worker processes decode the batches of sampler copies (taken now, after any
         # resume) ahead of the steps; every read is checked against the trainer's own indices.
-        prefetch = self.x_train.prefetch([self.labeled_sampler, self.unlabeled_sampler],
-                                         self._my_rows if self.world > 1 else None) \
+        prefetch = self.x_train.prefetch([self.labeled_sampler, self.unlabeled_sampler], self._my_rows) \
             if isinstance(self.x_train, ImageStore) else nullcontext()
         try:
             start = time.perf_counter() - self.elapsed
