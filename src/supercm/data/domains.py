@@ -66,9 +66,8 @@ import torch
 from ..fileio import atomic_write
 from . import offline
 from .base import ArrayDataset
-from .offline import GENERATED, FetchError, _require, _resolve_root, stratified_test_mask
+from .offline import GENERATED, FetchError, _require, _resolve_root, arrays_dataset, stratified_test_mask
 from .stream import cat_rows
-from .torchvision_sets import MNIST_AUGMENT, to_unit_range
 
 #: Seed of the stratified halving of mnist10k's training split into source / target digits.
 MNIST_HALVES_SEED = 9
@@ -656,13 +655,6 @@ def fetch_generated(name: str, dest: Path, *, allow_mismatch: bool | None = None
 # --------------------------------------------------------------------------- loaders
 
 
-def _to_tensor(images: np.ndarray) -> torch.Tensor:
-    """uint8 (N, 28, 28) or (N, 28, 28, 3) → float32 (N, 3, 28, 28) in [−1, 1]."""
-    x = torch.from_numpy(np.ascontiguousarray(images))
-    x = x.unsqueeze(1).expand(-1, 3, -1, -1) if x.dim() == 3 else x.permute(0, 3, 1, 2)
-    return to_unit_range(x.contiguous())
-
-
 def _load_npz(name: str, root, verify: bool = False) -> dict[str, np.ndarray]:
     """The cached arrays of a generated dataset; a bad file is a one-line error naming the repair.
     ``verify`` (``supercm fetch-data`` over an existing cache) also checks them against the recorded
@@ -686,31 +678,19 @@ def _load_npz(name: str, root, verify: bool = False) -> dict[str, np.ndarray]:
     return arrays
 
 
-def _dataset(name: str, arrays: dict[str, np.ndarray]) -> ArrayDataset:
-    return ArrayDataset(
-        name,
-        _to_tensor(arrays["train_images"]),
-        torch.from_numpy(arrays["train_labels"].astype(np.int64)),
-        _to_tensor(arrays["test_images"]),
-        torch.from_numpy(arrays["test_labels"].astype(np.int64)),
-        num_classes=10,
-        augment=dict(MNIST_AUGMENT),
-    )
-
-
 def load_mnistm_style(root: str | os.PathLike | None = None) -> ArrayDataset:
     """MNIST-M-style digits: 4,000 train / 2,000 test, (N, 3, 28, 28) float32 in [−1, 1]."""
-    return _dataset("mnistm_style", _load_npz("mnistm_style", root))
+    return arrays_dataset("mnistm_style", _load_npz("mnistm_style", root))
 
 
 def load_optdigits(root: str | os.PathLike | None = None) -> ArrayDataset:
     """optdigits in MNIST's 28×28 format: 1,198 train / 599 test, (N, 3, 28, 28) float32 in [−1, 1]."""
-    return _dataset("optdigits", _load_npz("optdigits", root))
+    return arrays_dataset("optdigits", _load_npz("optdigits", root))
 
 
 def load_synth_digits(root: str | os.PathLike | None = None) -> ArrayDataset:
     """Synthetic font digits: 10,000 train / 2,000 test, (N, 3, 28, 28) float32 in [−1, 1]."""
-    return _dataset("synth_digits", _load_npz("synth_digits", root))
+    return arrays_dataset("synth_digits", _load_npz("synth_digits", root))
 
 
 def load_mnist10k_source_half(root: str | os.PathLike | None = None) -> ArrayDataset:
@@ -718,7 +698,7 @@ def load_mnist10k_source_half(root: str | os.PathLike | None = None) -> ArrayDat
     images, labels = _mnist10k_arrays(_resolve_root(root))
     halves = mnist_halves(labels)
     source_index, test = halves["source"], halves["test"]
-    return _dataset(
+    return arrays_dataset(
         "mnist10k_source_half",
         {
             "train_images": images[source_index],

@@ -364,8 +364,23 @@ def stratified_test_mask(labels: torch.Tensor, fraction: float, seed: int) -> to
     return mask
 
 
-def _images_to_tensor(images: np.ndarray) -> torch.Tensor:
-    return gray_to_rgb(to_unit_range(torch.from_numpy(np.ascontiguousarray(images))))
+def images_to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 (N, H, W) grey or (N, H, W, 3) colour → float32 (N, 3, H, W) in [−1, 1]."""
+    x = to_unit_range(torch.from_numpy(np.ascontiguousarray(images)))
+    return gray_to_rgb(x) if x.dim() == 3 else x.permute(0, 3, 1, 2).contiguous()
+
+
+def arrays_dataset(name: str, arrays: dict[str, np.ndarray]) -> ArrayDataset:
+    """A 10-class digit-style dataset from cached uint8 arrays (train/test images and labels)."""
+    return ArrayDataset(
+        name,
+        images_to_tensor(arrays["train_images"]),
+        torch.from_numpy(arrays["train_labels"].astype(np.int64)),
+        images_to_tensor(arrays["test_images"]),
+        torch.from_numpy(arrays["test_labels"].astype(np.int64)),
+        num_classes=10,
+        augment=dict(MNIST_AUGMENT),
+    )
 
 
 def load_mnist10k(root: str | os.PathLike | None = None) -> ArrayDataset:
@@ -378,7 +393,7 @@ def load_mnist10k(root: str | os.PathLike | None = None) -> ArrayDataset:
     """
     arrays = read_cache("mnist10k", root)
     images, labels = arrays["images"], arrays["labels"]
-    x = _images_to_tensor(images)
+    x = images_to_tensor(images)
     y = torch.from_numpy(labels.astype(np.int64))
     test = stratified_test_mask(y, MNIST10K_TEST_FRACTION, MNIST10K_TEST_SEED)
     return ArrayDataset("mnist10k", x[~test], y[~test], x[test], y[test], num_classes=10, augment=dict(MNIST_AUGMENT))
@@ -386,13 +401,4 @@ def load_mnist10k(root: str | os.PathLike | None = None) -> ArrayDataset:
 
 def load_fashion_mnist(root: str | os.PathLike | None = None) -> ArrayDataset:
     """Fashion-MNIST, 60,000 train / 10,000 test (the official split), (N, 3, 28, 28) float32 in [−1, 1]."""
-    arrays = read_cache("fashion_mnist", root)
-    return ArrayDataset(
-        "fashion_mnist",
-        _images_to_tensor(arrays["train_images"]),
-        torch.from_numpy(arrays["train_labels"].astype(np.int64)),
-        _images_to_tensor(arrays["test_images"]),
-        torch.from_numpy(arrays["test_labels"].astype(np.int64)),
-        num_classes=10,
-        augment=dict(MNIST_AUGMENT),
-    )
+    return arrays_dataset("fashion_mnist", read_cache("fashion_mnist", root))
