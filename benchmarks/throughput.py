@@ -135,8 +135,11 @@ def _ddp_worker(rank, world, init_file, task, batch, steps, warmup, out):
 
     import torch.distributed as dist
 
+    from supercm.distributed import leave
+
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    t = None
     try:
         t = build_trainer(task, "fp32-supercm", batch, sync_batchnorm=True)
         times = []
@@ -149,8 +152,10 @@ def _ddp_worker(rank, world, init_file, task, batch, steps, warmup, out):
         if rank == 0:
             with open(os.path.join(out, "ddp.txt"), "w") as f:
                 f.write(str(statistics.median(times)))
-    finally:
-        dist.destroy_process_group()
+    except BaseException:
+        leave(t, clean=False)
+        raise
+    leave(t)  # the trainer drops its DistributedDataParallel wrapper, then the group goes
 
 
 def time_ddp(task: str, batch: int, reps: int, steps: int = 5, warmup: int = 2) -> dict:

@@ -8,13 +8,16 @@ inputs, and for the parameters once averaged over the ranks, as data-parallel tr
 from __future__ import annotations
 
 import copy
+import gc
 import os
 import sys
+import weakref
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from process_group import gloo_group
 from torch import nn
 
 from supercm.distributed import SyncBatchNorm, convert_sync_batchnorm
@@ -165,16 +168,14 @@ TRAIN = {
 
 
 def _train_worker(rank, world, init_file, run_dir, out_dir, dotted):
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    try:
+    with gloo_group(rank, world, init_file) as hold:
         from supercm.config import from_dict
         from supercm.data import load_dataset
         from supercm.train import Trainer
 
         from supercm.train import evaluate
 
-        t = Trainer(from_dict(TRAIN).replace(**dotted), run_dir if rank == 0 else None, dataset=load_dataset("digits"))
+        t = hold(Trainer(from_dict(TRAIN).replace(**dotted), run_dir if rank == 0 else None, dataset=load_dataset("digits")))
         result = t.fit()
         seen = []  # rows this rank scores in a sharded evaluation of the test set
 
@@ -190,8 +191,6 @@ def _train_worker(rank, world, init_file, run_dir, out_dir, dotted):
         acc = evaluate(Counting(t.model), t.x_test, t.y_test, batch_size=100, world=world, rank=rank)
         torch.save({"state": t.model.state_dict(), "result": result.to_dict(), "step": type(t._step_call).__name__,
                     "eval": (acc, sum(seen))}, os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
 
 
 def _spawn(target, tmp_path, *args, store: str = "store"):
@@ -366,21 +365,26 @@ def _record_outcome(fit, error: type[Exception], out_dir: str, rank: int) -> Non
 
 
 def _diverging_worker(rank, world, init_file, out_dir):
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    try:
+    with gloo_group(rank, world, init_file) as hold:
         from supercm.config import from_dict
         from supercm.data import load_dataset
         from supercm.train import Trainer
 
         cfg = from_dict(TRAIN).replace(**{"train.log_every": 5})
-        t = Trainer(cfg, os.path.join(out_dir, "run") if rank == 0 else None, dataset=load_dataset("digits"))
+        t = hold(Trainer(cfg, os.path.join(out_dir, "run") if rank == 0 else None, dataset=load_dataset("digits")))
         if rank == 1:  # only rank 1's loss goes bad, at its 7th step (not a logged one)
             original = t.supercm.loss
             t.supercm.loss = lambda batch: original(batch) * (float("nan") if batch.iteration == 6 else 1.0)
         _record_outcome(t.fit, FloatingPointError, out_dir, rank)
-    finally:
-        dist.destroy_process_group()
+        # close() drops the DistributedDataParallel wrapper, which holds the process group, though
+        # the trainer lives on (here in ``hold``; the first trainer of a process is also held by a
+        # frame PyTorch keeps): the group is then destroyed before exit, not by the wrapper's
+        # destructor at interpreter exit, which can abort the process.
+        wrapper = weakref.ref(t._step_call)
+        t.close()
+        gc.collect()
+        with open(os.path.join(out_dir, f"released{rank}.txt"), "w") as f:
+            f.write(str(wrapper() is None))
 
 
 def test_a_divergence_on_one_rank_stops_every_rank(tmp_path):
@@ -392,13 +396,28 @@ def test_a_divergence_on_one_rank_stops_every_rank(tmp_path):
         assert "at iteration 7 (found at iteration 8" in m, m
     assert "checkpoint.pt from iteration 4 is intact" in messages[0]
     assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["iteration"] == 4
+    assert [(tmp_path / f"released{r}.txt").read_text() for r in range(WORLD)] == ["True"] * WORLD
+
+
+def test_torchrun_stops_a_diverged_run_with_the_one_line_error_on_every_rank(tmp_path):
+    """Under torchrun a run whose loss becomes NaN stops on every rank with the one-line error and
+    exit status 2, and leaves the process group on the error path too (no abort at exit)."""
+    res = _torchrun(*CLI_RUN, "optim.lr=1e20", "--run-dir", str(tmp_path / "ddp"))
+    import re
+
+    assert res.returncode != 0
+    assert "supercm: error: loss became nan at iteration" in res.stderr, res.stderr[-3000:]
+    assert "terminate called" not in res.stderr, res.stderr[-3000:]
+    # torchrun's summary: every rank that ended by itself ended with the error's status 2 (one may
+    # have been stopped by torchrun, SIGTERM, once the other failed), none with an abort (-6).
+    codes = {int(c) for c in re.findall(r"exitcode\s*:\s*(-?\d+)", res.stderr)}
+    assert 2 in codes and codes <= {2, -15}, res.stderr[-3000:]
+    assert not (tmp_path / "ddp" / "checkpoint.pt").exists()
 
 
 def _unused_worker(rank, world, init_file, out_dir, find_unused):
     """A backbone with a layer that never reaches the loss, under DistributedDataParallel."""
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    try:
+    with gloo_group(rank, world, init_file) as hold:
         from supercm.config import ConfigError, from_dict
         from supercm.data import load_dataset
         from supercm.models.backbones import BACKBONES, MLP
@@ -412,9 +431,13 @@ def _unused_worker(rank, world, init_file, out_dir, find_unused):
         BACKBONES.register("mlp_with_dead_layer", WithDeadLayer)
         cfg = from_dict(TRAIN).replace(**{"model.backbone": "mlp_with_dead_layer", "train.iterations": 3,
                                           "train.find_unused_parameters": find_unused})
-        _record_outcome(Trainer(cfg, dataset=load_dataset("digits")).fit, ConfigError, out_dir, rank)
-    finally:
-        dist.destroy_process_group()
+        t = hold(Trainer(cfg, dataset=load_dataset("digits")))
+        _record_outcome(t.fit, ConfigError, out_dir, rank)
+        if find_unused:  # closed, a trainer trains on: the next step wraps the objective again
+            t.close()
+            t.train_step()
+            with open(os.path.join(out_dir, f"rank{rank}.txt"), "a") as f:
+                f.write(f" {type(t._step_call).__name__}")
 
 
 def test_parameters_without_gradient_are_a_config_error_or_found(tmp_path):
@@ -426,4 +449,4 @@ def test_parameters_without_gradient_are_a_config_error_or_found(tmp_path):
         assert "got no gradient" in message and "train.find_unused_parameters=true" in message, message
         assert "\n" not in message
     _spawn(_unused_worker, tmp_path, str(tmp_path), True, store="store2")
-    assert [(tmp_path / f"rank{r}.txt").read_text() for r in range(WORLD)] == ["finished"] * WORLD
+    assert [(tmp_path / f"rank{r}.txt").read_text() for r in range(WORLD)] == ["finished DistributedDataParallel"] * WORLD

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from process_group import gloo_group
 from test_images import opts, truncate, user_folders, write_image
 
 from supercm.config import ConfigError, from_dict
@@ -227,18 +228,14 @@ def test_pipeline_options_are_one_line_config_errors(options, match):
 
 
 def _ddp_stream_worker(rank, world, init_file, root, out_dir):
-    import torch.distributed as dist
-
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
-        cfg = config(Path(root), "stream", 1, batch_labeled=4, batch_unlabeled=4, sync_batchnorm=True)
-        trainer = quiet(Trainer, cfg, os.path.join(out_dir, "ddp") if rank == 0 else None)
-        quiet(trainer.fit)
-        torch.save({"prefetched": trainer.x_train.reads["prefetched"]}, os.path.join(out_dir, f"rank{rank}.pt"))
+        with gloo_group(rank, world, init_file) as hold:
+            cfg = config(Path(root), "stream", 1, batch_labeled=4, batch_unlabeled=4, sync_batchnorm=True)
+            trainer = hold(quiet(Trainer, cfg, os.path.join(out_dir, "ddp") if rank == 0 else None))
+            quiet(trainer.fit)
+            torch.save({"prefetched": trainer.x_train.reads["prefetched"]}, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         close_workers()
-        dist.destroy_process_group()
 
 
 def test_data_parallel_ranks_stream_only_their_share(tmp_path):

@@ -88,51 +88,52 @@ def _init_distributed(cfg) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from .config import load_config
-    from .train import Trainer, read_run_config
+    from .train import read_run_config
 
     if args.config and "=" in args.config and not Path(args.config).exists():
         args.overrides, args.config = [args.config, *args.overrides], None  # only overrides were given
     if args.resume:
         if args.config or args.overrides:
             raise UsageError("supercm train --resume RUN_DIR takes no config or overrides: the run's own config.yaml is used")
-        rank = _init_distributed(read_run_config(Path(args.resume)))
-        # Data-parallel: rank 0 owns the run directory, the other ranks read its checkpoint.
-        trainer = Trainer.resume(args.resume)
+        cfg = read_run_config(Path(args.resume))
     else:
         if not args.config and not args.overrides:
             raise UsageError("supercm train needs a CONFIG file (see configs/) and/or key=value overrides")
         cfg = load_config(args.config, args.overrides)
-        rank = _init_distributed(cfg)
-        # The Trainer checks the directory: one holding a checkpoint is refused (use --resume).
-        if rank != 0:
-            trainer = Trainer(cfg, None)  # data-parallel: only rank 0 writes files
-        elif args.run_dir:
-            trainer = Trainer(cfg, Path(args.run_dir))
-        else:
-            run_dir = _default_run_dir(cfg, args.config)
-            try:
-                trainer = Trainer(cfg, run_dir)
-            except BaseException:
-                _remove_if_unused(run_dir)  # we created it: leave no empty directory behind
-                raise
-    if rank == 0:
-        print(f"run directory: {trainer.run_dir}", file=sys.stderr)
-    result = trainer.fit()
-    if rank == 0:
-        print(json.dumps(result.to_dict(), indent=2))
-    if trainer.world > 1:
-        import gc
+    from .distributed import leave
 
-        import torch.distributed as dist
-
-        # DistributedDataParallel's reducer holds the process group: it goes first (destroyed
-        # after the group, at interpreter exit, it could abort the process); the barrier lets
-        # every rank finish its last collective before any rank tears the group down.
-        del trainer
-        gc.collect()
-        dist.barrier()
-        dist.destroy_process_group()
+    rank = _init_distributed(cfg)
+    trainer = None
+    try:
+        trainer = _build_trainer(args, cfg, rank)
+        if rank == 0:
+            print(f"run directory: {trainer.run_dir}", file=sys.stderr)
+        result = trainer.fit()
+        if rank == 0:
+            print(json.dumps(result.to_dict(), indent=2))
+    except BaseException:
+        leave(trainer, clean=False)  # a data-parallel run leaves its process group on error too
+        raise
+    leave(trainer)
     return 0
+
+
+def _build_trainer(args: argparse.Namespace, cfg, rank: int):
+    from .train import Trainer
+
+    if args.resume:  # data-parallel: rank 0 owns the run directory, the other ranks read its checkpoint
+        return Trainer.resume(args.resume)
+    # The Trainer checks the directory: one holding a checkpoint is refused (use --resume).
+    if rank != 0:
+        return Trainer(cfg, None)  # data-parallel: only rank 0 writes files
+    if args.run_dir:
+        return Trainer(cfg, Path(args.run_dir))
+    run_dir = _default_run_dir(cfg, args.config)
+    try:
+        return Trainer(cfg, run_dir)
+    except BaseException:
+        _remove_if_unused(run_dir)  # we created it: leave no empty directory behind
+        raise
 
 
 def _cmd_fetch(args: argparse.Namespace) -> int:

@@ -15,11 +15,40 @@ under a process group (``torchrun -m supercm train``; see :class:`supercm.train.
 
 from __future__ import annotations
 
+import gc
+
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-__all__ = ["SyncBatchNorm", "all_gather", "convert_sync_batchnorm", "world_size"]
+__all__ = ["SyncBatchNorm", "all_gather", "convert_sync_batchnorm", "leave", "world_size"]
+
+
+def leave(*users, clean: bool = True) -> None:
+    """Close ``users`` (trainers: :meth:`supercm.train.Trainer.close` drops the
+    ``DistributedDataParallel`` wrapper that holds the process group), then tear the default
+    process group down while the interpreter is fully alive: a gloo group destroyed at
+    interpreter exit, from the wrapper's destructor, can abort the process.
+
+    Call it on every rank at the end of a data-parallel run. ``clean``: the ranks got here
+    together (the run finished, or stopped on an error every rank raised, as a divergence is):
+    a barrier lets each rank's last collective finish before any rank tears the group down. After
+    an error that may be this rank's alone (its peers may wait inside a collective) there is no
+    barrier, and only a gloo group is destroyed: that is local to the process, whereas destroying
+    an NCCL communicator while its peers wait can block this process; it exits instead, and
+    torchrun stops the others. ``None`` users are skipped; without an initialised process group
+    only the users are closed."""
+    for user in users:
+        if user is not None:
+            user.close()
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    gc.collect()  # anything in a reference cycle that still holds the group goes first
+    if clean:
+        dist.barrier()
+    elif dist.get_backend() != "gloo":
+        return
+    dist.destroy_process_group()
 
 
 def world_size(group=None) -> int:

@@ -603,7 +603,14 @@ class Trainer:
         # rank's own until _agree_on_state gives every rank rank 0's (no broadcast every step).
         # gradient_as_bucket_view: the gradients are views into DDP's communication buckets (no copy
         # in or out of them, one gradient's memory less).
-        ddp = DistributedDataParallel(objective, device_ids=None, broadcast_buffers=False,
+        # PyTorch ≥ 2.14 names "no buffer broadcast before each forward" forward_sync_buffers (and
+        # deprecates broadcast_buffers); both still sync the buffers once at construction, where
+        # every rank's are rank 0's already.
+        import inspect
+
+        new_name = "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+        no_sync = {"forward_sync_buffers": False} if new_name else {"broadcast_buffers": False}
+        ddp = DistributedDataParallel(objective, device_ids=None, **no_sync,
                                       find_unused_parameters=tc.find_unused_parameters, gradient_as_bucket_view=True)
         return objective, ddp
 
@@ -693,6 +700,21 @@ class Trainer:
         if self._lock is not None:
             self._lock.release()
             self._lock = None
+
+    def close(self) -> None:
+        """Let go of what outlives a run: the run directory's lock and, data-parallel, the
+        ``DistributedDataParallel`` wrapper, whose reducer holds the process group.
+
+        Call it on every rank before ``torch.distributed.destroy_process_group()`` (the command
+        line does, on success and on error). Dropping the trainer is not enough: the first
+        trainer built in a process can stay referenced until interpreter exit (a frame of its
+        ``__init__`` is held by an exception PyTorch keeps from a lazy import), and a gloo group
+        torn down then, from the wrapper's destructor, can abort the process (SIGABRT, "terminate
+        called without an active exception"). A later :meth:`fit` or :meth:`train_step` builds
+        the wrapper again (a collective: every rank calls it)."""
+        self._release()
+        if self.world > 1:
+            self._step_call = None
 
     def __del__(self) -> None:
         try:
@@ -1082,6 +1104,8 @@ class Trainer:
             batch.labeled_rows, batch.unlabeled_rows, batch.global_sizes = sl, su, (n_l, n_u)
         terms = [(t, w, key) for t, w, key in self._weighted_terms()
                  if w > 0 and (unl.numel() > 0 or not t.needs_unlabeled)]
+        if self._step_call is None:  # closed, and training again
+            self.objective, self._step_call = self._build_objective()
         with self._autocast():
             try:
                 loss, logs = self._step_call(batch, terms, log_terms)
