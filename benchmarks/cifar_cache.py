@@ -74,10 +74,7 @@ def main(argv: list[str] | None = None) -> None:
         "seconds": seconds, "cache_bytes": size,
     }
     md = "\n".join([
-        "### CIFAR-10 load time with and without the preprocessing cache",
-        "",
-        f"Command: `{data['command']}`  ",
-        "Machine: " + common.machine_line(machine) + "  ",
+        *common.markdown_heading("CIFAR-10 load time with and without the preprocessing cache", data),
         "Synthetic CIFAR-10-sized files (random pixels), torch threads: " + str(threads) + ".",
         "",
         common.markdown_table(["load", "seconds"], [[k, f"{v:.1f}"] for k, v in seconds.items()]),

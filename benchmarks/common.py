@@ -175,6 +175,11 @@ def machine_line(info: Mapping) -> str:
     )
 
 
+def markdown_heading(title: str, data: Mapping) -> list[str]:
+    """A results section's first lines: its title, the command that produced it and the machine."""
+    return [f"### {title}", "", f"Command: `{data['command']}`  ", "Machine: " + machine_line(data["machine"]) + "  "]
+
+
 def write_results(name: str, data: dict, markdown: str, out_dir: str | Path | None = None) -> tuple[Path, Path]:
     """Write ``<name>.json`` and ``<name>.md`` under ``out_dir`` (default benchmarks/results)."""
     out = Path(out_dir) if out_dir is not None else RESULTS

@@ -203,10 +203,7 @@ def to_markdown(data: dict) -> str:
     rows = data["results"]
     s = data["settings"]
     out = [
-        "### CM head alone: this project vs a loop reference",
-        "",
-        f"Command: `{data['command']}`  ",
-        "Machine: " + common.machine_line(data["machine"]) + "  ",
+        *common.markdown_heading("CM head alone: this project vs a loop reference", data),
         f"One iteration = centroid update (labeled half of the batch, 'paper' rule) + forward + CM loss + backward; "
         f"float32; {s['reps']} interleaved repetitions after {s['warmup']} warm-up, each a block of calls lasting "
         f"≈30 ms; median [IQR] of the per-repetition ratios. Losses, centroids and gradients of both were "

@@ -167,10 +167,7 @@ def time_shape(n: int, d: int, k: int, reps: int, warmup: int, echo=print) -> di
 def to_markdown(data: dict) -> str:
     s = data["settings"]
     out = [
-        "### CM head: eager versus torch.compile",
-        "",
-        f"Command: `{data['command']}`  ",
-        "Machine: " + common.machine_line(data["machine"]) + "  ",
+        *common.markdown_heading("CM head: eager versus torch.compile", data),
         f"One iteration = centroid update + forward + CM loss + backward, float32, {s['reps']} interleaved "
         f"repetitions after {s['warmup']} warm-up (blocks of ≈30 ms), median [IQR] of per-repetition ratios. "
         "Compiled arm: forward + loss under torch.compile (fullgraph, static shapes), update eager; its loss "

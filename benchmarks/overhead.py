@@ -265,10 +265,7 @@ def to_markdown(data: dict) -> str:
     rows = data["results"]
     has_mem = any("memory" in r for r in rows)
     out = [
-        "### Training-step overhead (time and memory with / without SuperCM)",
-        "",
-        f"Command: `{data['command']}`  ",
-        "Machine: " + common.machine_line(data["machine"]) + "  ",
+        *common.markdown_heading("Training-step overhead (time and memory with / without SuperCM)", data),
         f"Batch {s['batch_labeled']} labeled + {s['batch_unlabeled']} unlabeled, synthetic random images "
         f"(3×32×32 for WRN-28-2, 3×28×28 for cnn; 10 classes; timing does not depend on pixel values), "
         f"β = 1, 'paper' centroids, weight-EMA 0.99 in every arm, base-method weight δ = 1 with no ramp. "

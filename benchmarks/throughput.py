@@ -218,10 +218,7 @@ def run(tasks=DEFAULT_TASKS, batch: int = 8, reps: int = 5, warmup: int = 2, blo
 def to_markdown(data: dict) -> str:
     s = data["settings"]
     out = [
-        "### Throughput (issue 13)",
-        "",
-        f"Command: `{data['command']}`  ",
-        "Machine: " + common.machine_line(data["machine"]) + "  ",
+        *common.markdown_heading("Throughput (issue 13)", data),
         f"Batch {s['batch_labeled']} + {s['batch_unlabeled']} (labeled + unlabeled, or source + target), synthetic "
         f"images; {s['warmup']} warm-up + {s['reps']} measured repetitions per arm of "
         + ", ".join(f"{v} step(s) ({k})" for k, v in s["steps_per_block"].items()) + ", "

@@ -130,10 +130,7 @@ def run(seeds: int = 3, iterations: int | None = None, eval_every: int | None = 
 def to_markdown(data: dict) -> str:
     s = data["settings"]
     out = [
-        "### Time to accuracy on digits (demo protocol)",
-        "",
-        f"Command: `{data['command']}`  ",
-        "Machine: " + common.machine_line(data["machine"]) + "  ",
+        *common.markdown_heading("Time to accuracy on digits (demo protocol)", data),
         f"{s['protocol']}; {s['iterations']} iterations, evaluation every {s['eval_every']}; CE β = 0 vs SuperCM β = 1. "
         "The two runs of a seed are trained interleaved, one evaluation period at a time. Seconds = training time "
         "(evaluations excluded) until the run first reaches its own final validation accuracy.",
