@@ -204,21 +204,34 @@ def _field_optim(backbone_lr_mult: float) -> dict:
             "schedule": "annealed", "anneal_gamma": 0.001, "anneal_power": 0.75, "backbone_lr_mult": backbone_lr_mult}
 
 
-def uda_config(pair: str, stem: str, cm: bool) -> tuple[dict, str]:
-    source, target, val = UDA_PAIRS[pair]
+def _field_config(data: dict, model: dict, stem: str, cm: bool, *, backbone_lr_mult: float, iterations: int,
+                  eval_every: int, log_every: int) -> dict:
+    """A UDA config with the field's common protocol (every method differs in its loss only): the
+    method's section, the field's optimiser, batch 32 + 32, no weight EMA; SuperCM at UDA_BETA."""
     m, regs = _uda_method(stem)
-    cfg = {
-        "data": {"name": source, "target": target, "num_validation": val},
-        "model": {"backbone": "cnn", "options": {"width": 16, "convs_per_block": 1}},
+    return {
+        "data": data,
+        "model": model,
         "cm": {"beta": UDA_BETA if cm else 0.0, "centroids": "paper", "features": "reuse"},
         "method": m,
         "regularisers": regs,
-        "optim": _field_optim(backbone_lr_mult=1.0),
-        "train": {"iterations": UDA_ITERATIONS, "batch_labeled": 32, "batch_unlabeled": 32, "eval_every": 200,
-                  "checkpoint_every": 1000, "log_every": 10, "ema_decay": 0.0},
+        "optim": _field_optim(backbone_lr_mult=backbone_lr_mult),
+        "train": {"iterations": iterations, "batch_labeled": 32, "batch_unlabeled": 32, "eval_every": eval_every,
+                  "checkpoint_every": 1000, "log_every": log_every, "ema_decay": 0.0},
     }
+
+
+def _cm_note(cm: bool) -> str:
+    return f" + SuperCM (beta {UDA_BETA:g}, ours: the paper gives no UDA beta)" if cm else ""
+
+
+def uda_config(pair: str, stem: str, cm: bool) -> tuple[dict, str]:
+    source, target, val = UDA_PAIRS[pair]
+    cfg = _field_config({"name": source, "target": target, "num_validation": val},
+                        {"backbone": "cnn", "options": {"width": 16, "convs_per_block": 1}}, stem, cm,
+                        backbone_lr_mult=1.0, iterations=UDA_ITERATIONS, eval_every=200, log_every=10)
     note = (
-        f"domain adaptation {source} -> {target}, {stem}{' + SuperCM (beta %g, ours: the paper gives no UDA beta)' % UDA_BETA if cm else ''}. "
+        f"domain adaptation {source} -> {target}, {stem}{_cm_note(cm)}. "
         f"The field's protocol (SPEC §6, tllib): SGD 0.01, momentum 0.9, Nesterov, weight decay 1e-3, "
         f"lr0 (1 + 0.001 i)^-0.75 every step, batch 32 + 32, DANN lambda(i) = 2/(1+e^(-i/1000)) - 1, MCC T = 2.5, "
         f"weights 1; ours: small CNN (no pretrained backbone, so no backbone lr multiplier), {UDA_ITERATIONS} "
@@ -247,20 +260,12 @@ OFFICE_METHODS = ("source_only", "dann", "mcc", "bnm")
 def office_config(bench: str, task: str, stem: str, cm: bool) -> tuple[dict, str]:
     prefix, codes, _, iterations, per_class = OFFICE[bench]
     s, t = task.split("-")
-    m, regs = _uda_method(stem)
-    cfg = {
-        "data": {"name": f"{prefix}_{codes[s]}", "target": f"{prefix}_{codes[t]}", "root": None,
-                 "num_validation": per_class * OFFICE_CLASSES[bench], "options": {"size": 256, "crop": 224}},
-        "model": {"backbone": "resnet50", "options": {"weights": "imagenet1k_v1", "bottleneck": 256}},
-        "cm": {"beta": UDA_BETA if cm else 0.0, "centroids": "paper", "features": "reuse"},
-        "method": m,
-        "regularisers": regs,
-        "optim": _field_optim(backbone_lr_mult=0.1),
-        "train": {"iterations": iterations, "batch_labeled": 32, "batch_unlabeled": 32, "eval_every": 1000,
-                  "checkpoint_every": 1000, "log_every": 100, "ema_decay": 0.0},
-    }
+    cfg = _field_config({"name": f"{prefix}_{codes[s]}", "target": f"{prefix}_{codes[t]}", "root": None,
+                         "num_validation": per_class * OFFICE_CLASSES[bench], "options": {"size": 256, "crop": 224}},
+                        {"backbone": "resnet50", "options": {"weights": "imagenet1k_v1", "bottleneck": 256}}, stem, cm,
+                        backbone_lr_mult=0.1, iterations=iterations, eval_every=1000, log_every=100)
     note = (
-        f"{bench} {s} -> {t}, {stem}{' + SuperCM (beta %g, ours: the paper gives no UDA beta)' % UDA_BETA if cm else ''}. "
+        f"{bench} {s} -> {t}, {stem}{_cm_note(cm)}. "
         f"The field's common protocol (SPEC §6, tllib): ResNet-50 with torchvision's IMAGENET1K_V1 weights, "
         f"bottleneck Linear(2048, 256)-BN-ReLU, backbone lr x 0.1, SGD 0.01, momentum 0.9, Nesterov, weight decay "
         f"1e-3, lr0 (1 + 0.001 i)^-0.75 every step, batch 32 + 32, resize 256x256 -> RandomResizedCrop(224) -> flip "
