@@ -11,6 +11,10 @@ process holding the whole batch. Without an initialised process group (or with o
 This is the BatchNorm a 2-process gloo run needs to equal a 1-process run of the same global
 batch: the trainer swaps it in for every BatchNorm with ``train.sync_batchnorm=true`` when it runs
 under a process group (``torchrun -m supercm train``; see :class:`supercm.train.Trainer`).
+
+Also here: :func:`all_gather`, the rows of every rank with gradient (for losses of the whole
+batch), and :func:`leave`, the end of a data-parallel run (the trainers closed, the group destroyed
+while the interpreter is alive).
 """
 
 from __future__ import annotations
