@@ -1,4 +1,4 @@
-"""Does the trainer reproduce another commit's SSL runs bit for bit? (CPU, same config, same seed.)
+"""Does the trainer reproduce another commit's SSL and UDA runs bit for bit? (CPU, same config, same seed.)
 
     # at the reference commit (e.g. in a worktree of it):
     PYTHONPATH=/path/to/old/src python benchmarks/reproduce_ssl.py --out old.json --data-root R
@@ -7,7 +7,10 @@
 
 Every CPU config (``configs/cpu``: 5 base methods × without / with SuperCM) and the digits
 config with each centroid rule and centroid-feature mode is trained for a short schedule
-in-process; the run's full training log (every logged scalar at every iteration), its
+in-process. With ``--uda`` the domain-adaptation set is added: source only, DANN and DANN + MCC +
+SuperCM on two offline pairs (mnist10k → mnistm_style, synth_digits → mnist10k; these need
+``--data-root``), and DANN + SuperCM on an Office-31 layout written by the script (deterministic
+images, ResNet-18 with random weights at 32 px). Each run's full training log (every logged scalar at every iteration), its
 evaluations and its result are recorded. ``--compare`` reports, per run, whether the logs
 are identical and otherwise the largest relative difference of any logged value.
 """
@@ -40,6 +43,42 @@ def runs(iterations: int) -> list[tuple[str, str | None, list[str]]]:
     return out
 
 
+UDA_PAIRS = ("mnist10k-to-mnistm_style", "synth_digits-to-mnist10k")
+UDA_METHODS = ("source_only", "dann", "dann+mcc-cm")
+
+
+def uda_runs(iterations: int, office_root: Path) -> list[tuple[str, str | None, list[str]]]:
+    short = [f"train.iterations={iterations}", "train.eval_every=20", "train.log_every=1", "train.progress=false",
+             "train.tensorboard=false", "train.checkpoint_every=0"]
+    out = [(f"uda-{pair}-{method}", str(ROOT / "configs" / "uda" / f"{pair}-{method}.yaml"), short)
+           for pair in UDA_PAIRS for method in UDA_METHODS]
+    office = json.dumps({"size": 40, "crop": 32, "cache_dir": str(office_root / "cache"), "progress": False})
+    out.append(("uda-office31-A-to-W-dann-cm", str(ROOT / "configs" / "uda" / "office31-A-to-W-dann-cm.yaml"),
+                [*short[:1], "train.eval_every=5", *short[2:], f"data.root={office_root}", "data.num_validation=31",
+                 f"data.options={office}", "model.backbone=resnet18",
+                 'model.options={"weights": "none", "bottleneck": 32}', "train.batch_labeled=8",
+                 "train.batch_unlabeled=8", "train.device=cpu"]))
+    return out
+
+
+def write_office31(root: Path, per_class: int = 2) -> None:
+    """A deterministic Office-31 tree (amazon and webcam, every class): colour says the class, plus noise."""
+    import numpy as np
+    from PIL import Image
+
+    from supercm.data.images import OFFICE31_CLASSES
+
+    for d, domain in enumerate(("amazon", "webcam")):
+        for k, c in enumerate(OFFICE31_CLASSES):
+            for i in range(per_class):
+                rng = np.random.default_rng([d, k, i])
+                colour = np.array([(k * 70) % 256, (k * 130 + 40) % 256, (k * 200 + 90) % 256])
+                pixels = np.clip(colour + rng.normal(0, 20 + 10 * d, (24, 30, 3)), 0, 255).astype(np.uint8)
+                path = root / "office31" / domain / "images" / c / f"frame_{i:04d}.jpg"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(pixels).save(path, quality=95)
+
+
 def run(name: str, path: str, overrides: list[str], data_root: str | None) -> dict:
     import torch
 
@@ -47,7 +86,8 @@ def run(name: str, path: str, overrides: list[str], data_root: str | None) -> di
     from supercm.train import Trainer
 
     torch.set_num_threads(1)
-    extra = [f"data.root={data_root}"] if data_root and name.startswith("mnist10k") else []
+    offline = name.startswith("mnist10k") or (name.startswith("uda-") and "office31" not in name)
+    extra = [f"data.root={data_root}"] if data_root and offline else []
     cfg = load_config(path, [*overrides, *extra])
     with tempfile.TemporaryDirectory() as d:
         result = Trainer(cfg, Path(d) / "run").fit().to_dict()
@@ -80,11 +120,18 @@ def main() -> None:
     ap.add_argument("--compare", help="a JSON file written by this script at another commit")
     ap.add_argument("--iterations", type=int, default=60)
     ap.add_argument("--data-root")
+    ap.add_argument("--uda", action="store_true", help="add the domain-adaptation runs (offline pairs and Office-31)")
+    ap.add_argument("--only", choices=("ssl", "uda"), help="run one set only (--only uda implies --uda)")
     a = ap.parse_args()
     records = []
-    for name, path, overrides in runs(a.iterations):
-        records.append(run(name, path, overrides, a.data_root))
-        print(f"{name}: test at best val {records[-1]['result']['test_accuracy_at_best_val']:.4f}", file=sys.stderr)
+    with tempfile.TemporaryDirectory() as office:
+        todo = [] if a.only == "uda" else runs(a.iterations)
+        if a.uda or a.only == "uda":
+            write_office31(Path(office))
+            todo += uda_runs(a.iterations, Path(office))
+        for name, path, overrides in todo:
+            records.append(run(name, path, overrides, a.data_root))
+            print(f"{name}: test at best val {records[-1]['result']['test_accuracy_at_best_val']}", file=sys.stderr)
     Path(a.out).write_text(json.dumps(records))
     if a.compare:
         old = {r["name"]: r for r in json.loads(Path(a.compare).read_text())}
