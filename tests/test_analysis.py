@@ -183,14 +183,14 @@ TUNE = ["train.iterations=30", "train.eval_every=10", "train.tensorboard=false"]
 def _poison_test_accuracy(monkeypatch):
     """Make every test-set accuracy −1 (digits' test split has 599 samples, validation 200):
     if it reached the objective, a trial's value or a reported intermediate value would be −1."""
-    from supercm import train
+    from supercm import evaluation
 
-    real = train.evaluate
+    real = evaluation.evaluate
 
     def evaluate(model, x, y, batch_size=1000, **kw):
         return -1.0 if y.numel() == 599 else real(model, x, y, batch_size, **kw)
 
-    monkeypatch.setattr(train, "evaluate", evaluate)
+    monkeypatch.setattr(evaluation, "evaluate", evaluate)
 
 
 def test_tune_objective_is_the_best_validation_accuracy(tmp_path, monkeypatch):

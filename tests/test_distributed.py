@@ -373,8 +373,8 @@ def _diverging_worker(rank, world, init_file, out_dir):
         cfg = from_dict(TRAIN).replace(**{"train.log_every": 5})
         t = hold(Trainer(cfg, os.path.join(out_dir, "run") if rank == 0 else None, dataset=load_dataset("digits")))
         if rank == 1:  # only rank 1's loss goes bad, at its 7th step (not a logged one)
-            original = t.supercm.loss
-            t.supercm.loss = lambda batch: original(batch) * (float("nan") if batch.iteration == 6 else 1.0)
+            original = t.term("cm").loss
+            t.term("cm").loss = lambda batch: original(batch) * (float("nan") if batch.iteration == 6 else 1.0)
         _record_outcome(t.fit, FloatingPointError, out_dir, rank)
         # close() drops the DistributedDataParallel wrapper, which holds the process group, though
         # the trainer lives on (here in ``hold``; the first trainer of a process is also held by a

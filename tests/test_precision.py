@@ -121,13 +121,13 @@ def _metrics(run):
 
 def _poison(trainer, at_iteration, value=float("nan")):
     """Make SuperCM's loss ``value`` on the step that starts at ``at_iteration`` (0-based)."""
-    original = trainer.supercm.loss
+    original = trainer.term("cm").loss
 
     def loss(batch):
         out = original(batch)
         return out * value if batch.iteration == at_iteration else out
 
-    trainer.supercm.loss = loss
+    trainer.term("cm").loss = loss
 
 
 def test_precision_is_a_checked_config_key():
@@ -142,13 +142,13 @@ def test_mixed_precision_trains_under_autocast(digits, tmp_path, precision):
     t = Trainer(tiny(**{"train.precision": precision, "method.name": "vat", "method.delta": 1.0}), tmp_path / "r",
                 dataset=digits)
     seen = {}
-    original = t.supercm.loss
+    original = t.term("cm").loss
 
     def spy(batch):
         seen["logits"], seen["gamma"] = batch.logits.dtype, batch.output.responsibilities.dtype
         return original(batch)
 
-    t.supercm.loss = spy
+    t.term("cm").loss = spy
     result = t.fit()
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     assert seen == {"logits": dtype, "gamma": torch.float32}  # autocast on; γ in float32 (the CM loss needs it)
@@ -201,8 +201,8 @@ def test_fp16_stops_when_every_step_overflows(digits, tmp_path):
     """A run whose every step overflows trains nothing: the collapsing scale is reported as divergence."""
     t = Trainer(tiny(**{"train.precision": "fp16", "train.iterations": 60, "train.eval_every": 50,
                         "train.checkpoint_every": 50}), tmp_path / "r", dataset=digits)
-    original = t.supercm.loss
-    t.supercm.loss = lambda batch: original(batch) * float("nan")
+    original = t.term("cm").loss
+    t.term("cm").loss = lambda batch: original(batch) * float("nan")
     # Checked on every logged step (log_every=1): 2¹⁶ halved 33 times is the first scale below 2⁻¹⁶.
     with pytest.raises(FloatingPointError, match="gradient scale fell to .* by iteration 33.*train.precision=bf16"):
         t.fit()

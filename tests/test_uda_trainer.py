@@ -68,7 +68,7 @@ def test_each_uda_loss_has_a_nonzero_gradient_into_the_backbone(pair, monkeypatc
                  else {"method.name": name, "method.options": {}}))
     t = Trainer(cfg, None, dataset=pair)
     t.train_step()
-    term = t.supercm if name == "supercm" else t.method
+    term = t.term("cm") if name == "supercm" else t.method
     grads = {}
     original = term.loss
 
@@ -92,7 +92,7 @@ def test_each_uda_loss_has_a_nonzero_gradient_into_the_backbone(pair, monkeypatc
 
 def test_dann_reverses_the_gradient_into_the_features(pair, monkeypatch):
     """d L_DANN / d features = −λ(i) × the gradient without reversal (the discriminator's is not reversed)."""
-    from supercm.uda import dann_lambda
+    from supercm.losses import dann_lambda
 
     t = Trainer(uda(**{"method.options": {"hidden": 16}}), None, dataset=pair)
     for _ in range(3):
@@ -122,14 +122,14 @@ def test_dann_reverses_the_gradient_into_the_features(pair, monkeypatch):
 def test_supercm_centroids_come_from_source_features_only(pair, monkeypatch):
     t = Trainer(uda(**{"cm.beta": 0.5, "method.name": "supervised", "method.options": {}}), None, dataset=pair)
     seen = {}
-    original = t.supercm.loss
+    original = t.term("cm").loss
 
     def spy(batch):
         seen["f_s"], seen["y_s"] = batch.features_labeled.detach().clone(), batch.y_labeled.clone()
         seen["f_t"] = batch.features_unlabeled.detach().clone()
         return original(batch)
 
-    monkeypatch.setattr(t.supercm, "loss", spy)
+    monkeypatch.setattr(t.term("cm"), "loss", spy)
     t.train_step()
     mu = t.model.head.centroids
     for k in range(10):  # first update (τ = 1): μ_k is the mean of the source features of class k

@@ -32,7 +32,10 @@ def leave(*users, clean: bool = True) -> None:
     """Close ``users`` (trainers: :meth:`supercm.train.Trainer.close` drops the
     ``DistributedDataParallel`` wrapper that holds the process group), then tear the default
     process group down while the interpreter is fully alive: a gloo group destroyed at
-    interpreter exit, from the wrapper's destructor, can abort the process.
+    interpreter exit, from the wrapper's destructor, can abort the process (SIGABRT, "terminate
+    called without an active exception"). Dropping the trainer is not enough: the first trainer
+    built in a process can stay referenced until interpreter exit (a frame of its ``__init__`` is
+    held by an exception PyTorch keeps from a lazy import).
 
     Call it on every rank at the end of a data-parallel run. ``clean``: the ranks got here
     together (the run finished, or stopped on an error every rank raised, as a divergence is):
@@ -198,3 +201,21 @@ def convert_sync_batchnorm(module: nn.Module, process_group=None) -> nn.Module:
     for name, child in module.named_children():
         out.add_module(name, convert_sync_batchnorm(child, process_group))
     return out
+
+
+def broadcast_buffers(*modules: nn.Module | None) -> None:
+    """Give every rank rank 0's buffers (BatchNorm statistics) of each module (a collective)."""
+    for module in modules:
+        if module is not None:
+            for b in module.buffers():
+                dist.broadcast(b, 0)
+
+
+def gather_rng_states(device: torch.device) -> list:
+    """Every rank's random state (torch's, and CUDA's on a CUDA device), in rank order (a collective)."""
+    own = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        own["cuda"] = torch.cuda.get_rng_state(device)
+    states: list = [None] * dist.get_world_size()
+    dist.all_gather_object(states, own)
+    return states

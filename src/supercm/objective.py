@@ -1,4 +1,9 @@
-"""What one training step minimises: ``CE(labeled) + Σ_j weight_j · L_j`` on one :class:`Batch`.
+"""What one training step minimises: ``CE(labeled) + Σ_j weight_j(t) · L_j`` on one :class:`Batch`.
+
+Every term comes as a :class:`WeightedTerm`: the term, its weight and its ramp-up, and the key its
+loss is logged under. SuperCM (weight ``cm.beta``), the base method (``method.delta`` with the
+ramp-up ``method.rampup``) and each regulariser (its ``weight`` and ``rampup``) reach the objective
+through this one mechanism; the builder makes the list, nothing downstream names a term.
 
 :class:`Objective` holds the model and the loss terms that count in a run (SuperCM, the base
 method, the regularisers: their trainable modules, e.g. DANN's discriminator) under one root. Its
@@ -12,14 +17,35 @@ over the processes in buckets while the backward pass is still running; extra pa
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .methods import Batch, Term
+from .schedules import rampup
 
-__all__ = ["Objective"]
+__all__ = ["Objective", "WeightedTerm"]
+
+
+@dataclass
+class WeightedTerm:
+    """A loss term of the objective with its weight ``weight · w(t)``, ``w`` the ramp-up over
+    ``rampup`` iterations (:func:`~supercm.schedules.rampup`; 1 when 0), logged under ``key``."""
+
+    term: Term
+    weight: float
+    rampup: int
+    key: str
+
+    def weight_at(self, iteration: int) -> float:
+        return self.weight * rampup(iteration, self.rampup)
+
+    def counts(self, has_unlabeled: bool) -> bool:
+        """Whether the term adds to the loss in a run: its weight is positive (the ramp-up never makes
+        it 0) and, when it needs one, there is an unlabeled batch."""
+        return self.weight > 0 and (has_unlabeled or not self.term.needs_unlabeled)
 
 
 class Objective(nn.Module):

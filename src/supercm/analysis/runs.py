@@ -11,14 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import yaml
 from torch import Tensor, nn
 
-from ..cm import ClusteringModule
-from ..config import Config, from_dict
-from ..data import ArrayDataset, DomainPair, SSLSplit, joined_training_set, load_dataset, load_uda
-from ..models import CMClassifier, ImageInput, build_backbone
-from ..train import BEST_MODEL, CHECKPOINT, CONFIG, SPLIT
+from .. import build
+from ..config import Config
+from ..data import ArrayDataset, DomainPair, SSLSplit, load_dataset
+from ..models import CMClassifier
+from ..rundir import BEST_MODEL, CHECKPOINT, SPLIT, read_run_config
 
 #: Layers :func:`extract_features` can read: the backbone output (the CM's input) or the logits.
 LAYERS = ("features", "logits")
@@ -44,21 +43,13 @@ class LoadedRun:
 
 
 def build_model(cfg: Config, data: ArrayDataset) -> CMClassifier:
-    """The model the trainer builds for ``cfg`` on ``data`` (untrained)."""
-    backbone = build_backbone(cfg.model.backbone, data.input_shape, **cfg.model.options)
-    head = ClusteringModule(
-        backbone.out_features, data.num_classes, centroids=cfg.cm.centroids, temperature=cfg.cm.temperature,
-        momentum=cfg.cm.momentum, alpha=cfg.cm.alpha,
-    )
-    preprocess = ImageInput(**data.input_transform) if data.input_transform else None
-    return CMClassifier(backbone, head, preprocess)
+    """The model the trainer builds for ``cfg`` on ``data`` (untrained, on the CPU)."""
+    return build.build_model(cfg, data, torch.device("cpu"))
 
 
 def read_config(run_dir: str | Path) -> Config:
-    path = Path(run_dir) / CONFIG
-    if not path.is_file():
-        raise FileNotFoundError(f"{run_dir} is not a run directory (no {CONFIG})")
-    return from_dict(yaml.safe_load(path.read_text()))
+    """The run's config, read as the trainer reads it (:func:`supercm.rundir.read_run_config`)."""
+    return read_run_config(Path(run_dir))
 
 
 def load_run(run_dir: str | Path, *, data_root: str | None = None, which: str = "best") -> LoadedRun:
@@ -67,13 +58,10 @@ def load_run(run_dir: str | Path, *, data_root: str | None = None, which: str = 
     ``which="last"``: the last checkpoint). ``data_root`` overrides the run's ``data.root``."""
     run_dir = Path(run_dir)
     cfg = read_config(run_dir)
-    kw = dict(cfg.data.options)
-    pair = None
-    if cfg.data.target is not None:  # domain adaptation: the trainer's [source ; target] set
-        pair = load_uda(cfg.data.name, cfg.data.target, data_root or cfg.data.root, **kw)
-        data = joined_training_set(pair)
-    else:
-        data = load_dataset(cfg.data.name, data_root or cfg.data.root, **kw)
+    # The trainer's data ([source ; target] in domain adaptation), from data_root when given.
+    data = build.load_data(cfg.replace(**{"data.root": data_root}) if data_root else cfg)
+    pair = data.dataset if data.uda else None
+    data = data.joined
     split = SSLSplit.load(run_dir / SPLIT)
     model = build_model(cfg, data)
     names = [BEST_MODEL, CHECKPOINT] if which == "best" else [CHECKPOINT]
