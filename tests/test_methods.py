@@ -12,7 +12,8 @@ from supercm import ClusteringModule
 from supercm.config import from_dict
 from supercm.data import load_dataset
 from supercm.methods import METHODS, Batch, build_method, frozen_batchnorm_stats
-from supercm.methods.pseudo_label import PseudoLabel, pseudo_label_target
+from supercm.losses import pseudo_label_target
+from supercm.methods.pseudo_label import PseudoLabel
 from supercm.models import CMClassifier, ModelOutput, build_backbone
 from supercm.train import Trainer
 
@@ -119,7 +120,9 @@ def test_each_method_with_and_without_supercm_trains(name, beta, digits):
 
 def test_vat_power_iteration_finds_the_float64_direction():
     """The default ξ must give the adversarial direction, not float32 rounding noise (ξ = 1e-6 does)."""
-    from supercm.methods.vat import VAT, _kl, _unit
+    from supercm.losses import kl as _kl
+    from supercm.losses import unit_rows as _unit
+    from supercm.methods.vat import VAT
 
     torch.manual_seed(0)
     model = CMClassifier(build_backbone("cnn", (3, 12, 12), width=8, convs_per_block=1), ClusteringModule(32, 5)).train()
@@ -158,7 +161,8 @@ def _vat_trainer(digits, **dotted):
 def _float64_vat_direction(model, x, n, d0, xi=1e-6):
     """The power-iteration direction ∇_r KL(p(x) ‖ p(x + r))|_{r = ξ d0} in float64, p and the probe
     on the same joined batch (train-mode BatchNorm, batch statistics)."""
-    from supercm.methods.vat import _kl, _unit
+    from supercm.losses import kl as _kl
+    from supercm.losses import unit_rows as _unit
 
     m = copy.deepcopy(model).double().train()
     x = x.double()
@@ -187,7 +191,7 @@ def _trainer_vat_direction_cosines(trainer, monkeypatch):
 
     def recording_randn(batch, *a, **k):  # VAT's random start, as drawn for the step
         noise = original_randn(batch, *a, **k)
-        seen["d0"] = vat_module._unit(noise)
+        seen["d0"] = vat_module.unit_rows(noise)
         return noise
 
     monkeypatch.setattr(trainer.method, "loss", spy)

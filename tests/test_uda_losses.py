@@ -22,7 +22,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from supercm.uda import (
+from supercm.losses import (
     BNM_NORMALISATIONS,
     DomainDiscriminator,
     GradientReversal,

@@ -6,13 +6,13 @@ from dataclasses import dataclass, field
 
 from torch import Tensor
 
-from ..uda import BNM_NORMALISATIONS, bnm_loss
+from ..losses import BNM_NORMALISATIONS, bnm_loss
 from .base import Batch, Term, register
 
 
 @register("bnm")
 class BNM(Term):
-    """Minus the nuclear norm of softmax(unlabeled / target logits) (see :func:`supercm.uda.bnm_loss`):
+    """Minus the nuclear norm of softmax(unlabeled / target logits) (see :func:`supercm.losses.bnm_loss`):
     ``normalisation="mean"`` (default, the BNM authors' code) averages the singular values,
     ``"batch"`` divides their sum by the batch size. Usable as a base method or a regulariser.
     Data-parallel: computed on the global target batch (``batch.gather``), as in one process."""

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from torch import Tensor, nn
 
-from ..uda import DomainDiscriminator, dann_lambda, dann_loss
+from ..losses import DomainDiscriminator, dann_lambda, dann_loss
 from .base import Batch, Term, register
 
 

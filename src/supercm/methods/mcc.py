@@ -6,14 +6,14 @@ from dataclasses import dataclass, field
 
 from torch import Tensor
 
-from ..uda import mcc_loss
+from ..losses import mcc_loss
 from .base import Batch, Term, register
 
 
 @register("mcc")
 class MCC(Term):
     """Class confusion of the unlabeled (target) predictions at temperature T (see
-    :func:`supercm.uda.mcc_loss`): entropy-weighted, rows normalised, off-diagonal mass / K.
+    :func:`supercm.losses.mcc_loss`): entropy-weighted, rows normalised, off-diagonal mass / K.
     Usable as a base method or stacked as a regulariser (``regularisers: [{name: mcc}]``).
     Data-parallel: computed on the global target batch (``batch.gather``), as in one process."""
 

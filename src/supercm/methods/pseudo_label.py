@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..losses import pseudo_label_target
 from .base import Batch, Term, frozen_batchnorm_stats, register
 
 VARIANTS = ("authors", "textbook")
@@ -48,10 +48,3 @@ class PseudoLabel(Term):
         with frozen_batchnorm_stats(batch.model):
             logits = batch.model(batch.augmented()).logits[batch.num_labeled :]
         return -(target * logits.log_softmax(dim=1)).sum(dim=1).mean()
-
-
-def pseudo_label_target(p: Tensor, threshold: float, weight: float) -> Tensor:
-    """``weight · onehot(argmax p)`` where ``max p > threshold``, else ``p`` (the authors' target)."""
-    confidence, label = p.max(dim=1)
-    onehot = torch.zeros_like(p).scatter_(1, label[:, None], weight)
-    return torch.where((confidence > threshold)[:, None], onehot, p)

@@ -8,26 +8,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from ..losses import kl, kl_logits, unit_rows
 from .base import Batch, Term, frozen_batchnorm_stats, register
 
 VARIANTS = ("authors", "textbook")
-
-
-def _unit(d: Tensor) -> Tensor:
-    """Each sample scaled to unit L2 norm over all its dimensions."""
-    norm = d.flatten(1).norm(dim=1).clamp_min(1e-12)
-    return d / norm.view(-1, *([1] * (d.dim() - 1)))
-
-
-def _kl(p: Tensor, logits_q: Tensor) -> Tensor:
-    """Mean over samples of KL(p ‖ softmax(logits_q))."""
-    return (p * (p.clamp_min(1e-12).log() - logits_q.log_softmax(dim=1))).sum(dim=1).mean()
-
-
-def _kl_logits(logits_p: Tensor, logits_q: Tensor) -> Tensor:
-    """Mean over samples of KL(softmax(logits_p) ‖ softmax(logits_q)); gradient flows into both."""
-    log_p = logits_p.log_softmax(dim=1)
-    return (log_p.exp() * (log_p - logits_q.log_softmax(dim=1))).sum(dim=1).mean()
 
 
 @register("vat")
@@ -92,19 +76,19 @@ class VAT(Term):
                 with torch.no_grad():
                     p = model(x).logits[n:].float().softmax(dim=1)
             d = torch.zeros_like(x)
-            d[n:] = _unit(batch.randn("unlabeled"))
+            d[n:] = unit_rows(batch.randn("unlabeled"))
             for _ in range(opts.power_iterations):
                 r = (opts.xi * d).requires_grad_(True)
-                dist = _kl(p, model(x + r).logits[n:])
+                dist = kl(p, model(x + r).logits[n:])
                 (grad,) = torch.autograd.grad(dist, r)
                 d = torch.zeros_like(x)
-                d[n:] = _unit(grad[n:])
+                d[n:] = unit_rows(grad[n:])
             self.last_direction = d
         with frozen_batchnorm_stats(model):
             logits_adv = model(x + opts.epsilon * d).logits[n:]
         if opts.variant == "authors":
-            return _kl_logits(logits_adv, batch.logits_unlabeled.detach())
-        return _kl(p, logits_adv)
+            return kl_logits(logits_adv, batch.logits_unlabeled.detach())
+        return kl(p, logits_adv)
 
 
 def _autocast_enabled(device_type: str) -> bool:
