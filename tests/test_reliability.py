@@ -492,9 +492,9 @@ def test_scientific_notation_is_read_as_floats(tmp_path):
 def test_options_added_to_a_method_are_checked_without_more_code():
     from dataclasses import dataclass, field
 
-    from supercm.methods.base import METHODS, SSLMethod
+    from supercm.methods.base import METHODS, Term
 
-    class Probe(SSLMethod):
+    class Probe(Term):
         name = "probe"
 
         @dataclass

@@ -140,9 +140,6 @@ class Batch:
         return self.output.logits[self.num_labeled :]
 
 
-StepInputs = Batch  # the name this object had before terms could be stacked
-
-
 class Term(nn.Module):
     """Base class of a loss term. Subclasses set ``Options`` (a dataclass of hyperparameters).
 
@@ -168,7 +165,7 @@ class Term(nn.Module):
         self.options = self.check_options(options)
 
     @classmethod
-    def check_options(cls, options: dict | None) -> "SSLMethod.Options":
+    def check_options(cls, options: dict | None) -> "Term.Options":
         """``Options`` built from ``options``; a :class:`~supercm.config.ConfigError` (a ValueError)
         naming ``method.options.<name>`` when a name, type or range is wrong."""
         from ..config import ConfigError, check_options, dataclass_specs
@@ -200,12 +197,6 @@ class Term(nn.Module):
     def after_step(self, model: nn.Module) -> None:
         """Called after each optimizer step (e.g. to update a teacher)."""
 
-    # The name this hook had when a method could only add an unlabeled loss.
-    def unlabeled_loss(self, batch: Batch) -> Tensor | None:
-        return self.loss(batch)
-
-
-SSLMethod = Term  # the name base methods had before terms could be stacked
 
 METHODS: Registry[type[Term]] = Registry("method", "method.name")
 
