@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import yaml
+
+from ..config import read_yaml_file
 
 #: Config keys that do not change the learned model; a group is a config without them.
 IGNORED_KEYS = ("train.seed", "train.device", "train.progress", "train.tensorboard")
@@ -145,7 +146,7 @@ def run_record(run_dir: str | Path) -> Record:
         raise FileNotFoundError(f"{run_dir} is not a run directory (no config.yaml)")
     if not summary_path.is_file():
         raise FileNotFoundError(f"{run_dir} has not finished (no summary.json)")
-    flat = _flatten(yaml.safe_load(cfg_path.read_text()) or {})
+    flat = _flatten(read_yaml_file(cfg_path) or {})  # the one YAML reader: duplicate keys refused
     seed = int(flat.get("train.seed", 0))
     group = tuple(sorted((k, _freeze(v)) for k, v in flat.items() if k not in IGNORED_KEYS))
     return Record(group, seed, json.loads(summary_path.read_text()), str(run_dir))

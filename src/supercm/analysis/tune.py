@@ -25,7 +25,9 @@ from typing import Any
 
 import yaml
 
-from ..config import Config, ConfigError, load_config
+from ..config import Config, ConfigError, load_config, yaml_load
+from ..methods import Term, build_method
+from ..train import Trainer
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,7 @@ def parse_param(text: str) -> Param:
     key, spec = text.split("=", 1)
     kind, _, rest = spec.partition(":")
     if kind == "choice":
-        choices = tuple(yaml.safe_load(c) for c in rest.split(",") if c)
+        choices = tuple(yaml_load(c) for c in rest.split(",") if c)  # the config's reader: 3e-4 is a number
         if not choices:
             raise ConfigError(usage)
         return Param(key.strip(), kind, choices=choices)
@@ -74,8 +76,6 @@ def parse_param(text: str) -> Param:
 
 def has_unlabeled_loss(cfg: Config) -> bool:
     """Whether the config's base method adds an unlabeled loss (so δ matters)."""
-    from ..methods import Term, build_method
-
     method = build_method(cfg.method.name, cfg.method.options)
     return type(method).loss is not Term.loss
 
@@ -121,8 +121,6 @@ def tune(
 ) -> TuneResult:
     """Run trials until the study holds ``trials`` finished ones; write ``OUT/best.yaml``."""
     import optuna
-
-    from ..train import Trainer
 
     cfg = load_config(config, list(overrides))
     space = params or default_space(cfg)
