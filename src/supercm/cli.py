@@ -58,7 +58,7 @@ def _default_run_dir(cfg, config_path: str | None) -> Path:
 
 
 def _remove_if_unused(run_dir: Path) -> None:
-    from .train import LOCK
+    from .rundir import LOCK
 
     try:
         if {p.name for p in run_dir.iterdir()} <= {LOCK}:
@@ -74,7 +74,7 @@ def _init_distributed(cfg) -> int:
     import torch
     import torch.distributed as dist
 
-    from .train import resolve_device
+    from .precision import resolve_device
 
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return 0
@@ -88,7 +88,7 @@ def _init_distributed(cfg) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from .config import load_config
-    from .train import read_run_config
+    from .rundir import read_run_config
 
     if args.config and "=" in args.config and not Path(args.config).exists():
         args.overrides, args.config = [args.config, *args.overrides], None  # only overrides were given
