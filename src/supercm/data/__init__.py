@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Callable
 
 from ..registry import Registry
-from .base import ArrayDataset, DatasetCorruptError, DatasetMissingError, default_data_root
+from .base import UNLABELED, ArrayDataset, DatasetCorruptError, DatasetMissingError, DomainPair, default_data_root
 from .digits import load_digits
-from .domains import DOMAIN_PAIRS, UNLABELED, DomainPair, joined_training_set, load_domain_pair, load_uda, load_mnistm_style, load_optdigits, load_synth_digits
+from .domains import DOMAIN_PAIRS, joined_training_set, load_domain_pair, load_uda, load_mnistm_style, load_optdigits, load_synth_digits
 from .images import IMAGE_DATASETS, BadImageError, DatasetLayoutError
 from .offline import FETCHABLE, fetch, load_fashion_mnist, load_mnist10k
 from .splits import SSLSplit, stratified_split, uda_split

