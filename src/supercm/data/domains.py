@@ -743,30 +743,6 @@ def load_domain_pair(source: str, target: str | None = None, root: str | os.Path
     return DomainPair(name, load_source(root), load_target(root))
 
 
-def load_uda(source: str, target: str, root: str | os.PathLike | None = None, /, **options) -> DomainPair:
-    """The pair ``source->target``: a :data:`DOMAIN_PAIRS` entry when there is one (it may hold
-    the source out of the target's images), otherwise each dataset loaded by name with ``options``
-    (``data.options``, shared by both domains). A loader with a ``load_pair`` attribute (``image_folder``)
-    named as both source and target loads the pair itself from its options."""
-    from . import DATASETS
-
-    name = f"{source}->{target}"
-    if name in DOMAIN_PAIRS:
-        if options:
-            raise ValueError(f"domain pair {name!r} takes no data.options, got {sorted(options)}")
-        return load_domain_pair(name, root=root)
-    load_source, load_target = DATASETS.get(source), DATASETS.get(target)
-    pair_loader = getattr(load_source, "load_pair", None)
-    if pair_loader is not None or getattr(load_target, "load_pair", None) is not None:
-        if source != target:
-            raise ValueError(f"{source!r} loads both domains from data.options: set data.name and data.target "
-                             f"both to {source!r}" if pair_loader else
-                             f"{target!r} loads both domains from data.options: set data.name and data.target "
-                             f"both to {target!r}")
-        return pair_loader(root, **options)
-    return DomainPair(name, load_source(root, **options), load_target(root, **options))
-
-
 def joined_training_set(pair: DomainPair) -> ArrayDataset:
     """``[source train ; target train]`` as one training set, the target test set as its test set.
 
@@ -797,7 +773,6 @@ __all__ = [
     "DOMAIN_PAIRS",
     "UNLABELED",
     "joined_training_set",
-    "load_uda",
     "GENERATED",
     "DomainPair",
     "build_mnistm_style",
