@@ -8,7 +8,7 @@ this module's names).
 from __future__ import annotations
 
 import os
-from typing import Callable
+from collections.abc import Callable
 
 from ..registry import Registry
 from .base import ArrayDataset, DomainPair

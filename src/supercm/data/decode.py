@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from ..fileio import atomic_write
 from .base import default_data_root
@@ -69,8 +70,6 @@ def scan_images(paths: list[Path], size: int, *, cache_dir: str | os.PathLike | 
     """``[path, why]`` of every file :func:`decode_one` cannot decode (resized to
     ``size``), found by decoding each once (threads); cached beside the memory pipeline's cache under
     the same key, and read from a memory-pipeline cache entry of the same files when there is one."""
-    from tqdm.auto import tqdm
-
     folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     key = cache_key(paths, size)
     for name in (f"{key[:32]}.scan.json", f"{key[:32]}.json"):  # ours, or the memory pipeline's
@@ -102,10 +101,10 @@ def scan_images(paths: list[Path], size: int, *, cache_dir: str | os.PathLike | 
 
 
 __all__ = [
-    "BadImageError",
     "CACHE_ENV",
     "CACHE_VERSION",
     "RESIZE_METHOD",
+    "BadImageError",
     "cache_key",
     "decode_one",
     "default_cache_dir",

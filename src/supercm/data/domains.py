@@ -65,6 +65,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from ..fileio import atomic_write
 from .base import UNLABELED, ArrayDataset, DatasetCorruptError, DomainPair, FetchError, resolve_root
@@ -264,8 +265,6 @@ def blend_mnistm(
     out = np.empty((n, 28, 28, 3), np.uint8)
     it = range(n)
     if progress:
-        from tqdm.auto import tqdm
-
         it = tqdm(it, desc=f"mnistm_style {split}", leave=False)
     for i in it:
         crop = photos[photo_idx[i]][tops[i] : tops[i] + 28, lefts[i] : lefts[i] + 28].astype(np.int16)
@@ -459,8 +458,6 @@ def build_synth_digits(
     total = sum(sizes.values())
     bar = None
     if progress:
-        from tqdm.auto import tqdm
-
         bar = tqdm(total=total, desc="synth_digits", leave=False)
     for split in ("train", "test"):
         n = sizes[split]

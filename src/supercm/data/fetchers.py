@@ -144,7 +144,7 @@ def run_tool(cmd: list[str], cwd: Path, what: str) -> str:
             "dpkg-deb": "install dpkg (Debian/Ubuntu ship it)",
         }.get(tool, f"install {tool}")
         raise FetchError(f"cannot {what}: `{tool}` is not on PATH; {hint}")
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
         extra = (

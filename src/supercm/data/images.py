@@ -75,6 +75,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from ..fileio import atomic_write
 from .base import ArrayDataset, DatasetMissingError, DomainPair, resolve_root
@@ -473,8 +474,6 @@ def decode_images(paths: list[Path], size: int, *, cache_dir: str | os.PathLike 
                 return i, decode_one(paths[i], size), None
             except Exception as exc:  # truncated, unreadable, not an image: reported by path
                 return i, None, f"{type(exc).__name__}: {exc}"
-
-        from tqdm.auto import tqdm
 
         n_workers = workers or default_workers()
         with concurrent.futures.ThreadPoolExecutor(n_workers) as pool, \
