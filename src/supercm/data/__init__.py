@@ -62,4 +62,16 @@ __all__ = [
     "uda_split",
     "UNLABELED",
     "stratified_split",
+    # The loaders DATASETS registers (supercm.data.catalog), importable from here as before.
+    "IMAGE_DATASETS",
+    "load_cifar10",
+    "load_cifar100",
+    "load_digits",
+    "load_fashion_mnist",
+    "load_mnist",
+    "load_mnist10k",
+    "load_mnistm_style",
+    "load_optdigits",
+    "load_svhn",
+    "load_synth_digits",
 ]
