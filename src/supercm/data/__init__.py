@@ -1,37 +1,44 @@
-"""Datasets by name: ``load_dataset(name, root)`` returns an :class:`ArrayDataset`."""
+"""Datasets by name: ``load_dataset(name, root)`` returns an :class:`ArrayDataset`.
+
+The modules, each importing only those below it (no module imports this package ``__init__``)::
+
+    catalog            DATASETS, load_dataset, load_uda: every loader by name
+    images             Office benchmarks and image folders; the memory pipeline and its cache
+    domains            the generated digit domains (registers their fetchers), DOMAIN_PAIRS
+    stream             ImageStore: the stream pipeline (decodes in DataLoader workers)
+    offline            mnist10k, Fashion-MNIST from package registries (registers their fetchers)
+    torchvision_sets   MNIST, SVHN, CIFAR-10/100 from torchvision's files
+    decode             decode_one, cache_key, BadImageError: the recipe both image pipelines share
+    fetchers           FETCHERS (the fetch registry), fetch, FETCHABLE, is_fetched, read_cache
+    digits, splits, augment, preprocess
+    base               ArrayDataset, DomainPair, UNLABELED, the errors, resolve_root, pixel converters
+"""
 
 from __future__ import annotations
 
-from typing import Callable
-
-from ..registry import Registry
-from .base import ArrayDataset, DatasetCorruptError, DatasetMissingError, default_data_root
+from .base import (
+    UNLABELED,
+    ArrayDataset,
+    DatasetCorruptError,
+    DatasetMissingError,
+    DomainPair,
+    FetchError,
+    default_data_root,
+)
+from .catalog import DATASETS, load_dataset, load_uda
 from .digits import load_digits
-from .domains import DOMAIN_PAIRS, UNLABELED, DomainPair, joined_training_set, load_domain_pair, load_uda, load_mnistm_style, load_optdigits, load_synth_digits
+from .domains import (
+    DOMAIN_PAIRS,
+    joined_training_set,
+    load_domain_pair,
+    load_mnistm_style,
+    load_optdigits,
+    load_synth_digits,
+)
 from .images import IMAGE_DATASETS, BadImageError, DatasetLayoutError
 from .offline import FETCHABLE, fetch, load_fashion_mnist, load_mnist10k
 from .splits import SSLSplit, stratified_split, uda_split
 from .torchvision_sets import load_cifar10, load_cifar100, load_mnist, load_svhn
-
-DATASETS: Registry[Callable[..., ArrayDataset]] = Registry("dataset", "data.name")
-for _name, _loader in {
-    "digits": load_digits,
-    "mnist": load_mnist,
-    "svhn": load_svhn,
-    "cifar10": load_cifar10,
-    "cifar100": load_cifar100,
-    "mnist10k": load_mnist10k,
-    "fashion_mnist": load_fashion_mnist,
-    "mnistm_style": load_mnistm_style,
-    "optdigits": load_optdigits,
-    "synth_digits": load_synth_digits,
-    **IMAGE_DATASETS,  # Office-31, Office-Home, ImageCLEF-DA, Office-Caltech-10 domains; image_folder
-}.items():
-    DATASETS.register(_name, _loader)
-
-
-def load_dataset(name: str, root: str | None = None, **kwargs) -> ArrayDataset:
-    return DATASETS.get(name)(root, **kwargs)
 
 
 __all__ = [
@@ -44,6 +51,7 @@ __all__ = [
     "DatasetMissingError",
     "DomainPair",
     "FETCHABLE",
+    "FetchError",
     "SSLSplit",
     "default_data_root",
     "fetch",
@@ -54,4 +62,16 @@ __all__ = [
     "uda_split",
     "UNLABELED",
     "stratified_split",
+    # The loaders DATASETS registers (supercm.data.catalog), importable from here as before.
+    "IMAGE_DATASETS",
+    "load_cifar10",
+    "load_cifar100",
+    "load_digits",
+    "load_fashion_mnist",
+    "load_mnist",
+    "load_mnist10k",
+    "load_mnistm_style",
+    "load_optdigits",
+    "load_svhn",
+    "load_synth_digits",
 ]

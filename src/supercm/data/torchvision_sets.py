@@ -39,31 +39,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .base import ArrayDataset, DatasetMissingError, default_data_root
+from .base import ArrayDataset, DatasetMissingError, gray_to_rgb, resolve_root, to_unit_range
 from .preprocess import GCN_SCALE, ZCA, ZCA_IDENTITY_SCALE, global_contrast_normalize
 
 #: Batch augmentations of SPEC §5 per dataset (keys of :class:`supercm.data.augment.Augment`).
 MNIST_AUGMENT = {"crop_pad": 2}
 SVHN_AUGMENT = {"crop_pad": 2}
 CIFAR_AUGMENT = {"flip": True, "crop_pad": 2, "noise_std": 0.15}
-
-
-def to_unit_range(images: Tensor) -> Tensor:
-    """uint8 pixels in [0, 255] → float32 in [−1, 1] via ``x/127.5 − 1`` (same shape)."""
-    return images.to(torch.float32).div_(127.5).sub_(1.0)
-
-
-def gray_to_rgb(images: Tensor) -> Tensor:
-    """(N, H, W) or (N, 1, H, W) → (N, 3, H, W) by replicating the single channel (contiguous copy)."""
-    if images.dim() == 3:
-        images = images.unsqueeze(1)
-    if images.shape[1] != 1:
-        raise ValueError(f"expected one channel, got shape {tuple(images.shape)}")
-    return images.repeat(1, 3, 1, 1)
-
-
-def _resolve_root(root: str | os.PathLike | None) -> Path:
-    return Path(default_data_root() if root is None else root).expanduser()
 
 
 def _missing_message(name: str, root: Path, where: Path, files: list[str], missing: list[str], extra: str = "") -> str:
@@ -105,7 +87,7 @@ def load_mnist(root: str | os.PathLike | None = None, *, download: bool = False)
     """
     from torchvision import datasets
 
-    root = _resolve_root(root)
+    root = resolve_root(root)
     if not download:
         raw = root / "MNIST" / "raw"
         legacy = root / "MNIST" / "processed"
@@ -138,7 +120,7 @@ def load_svhn(root: str | os.PathLike | None = None, *, download: bool = False) 
     """
     from torchvision import datasets
 
-    root = _resolve_root(root)
+    root = resolve_root(root)
     if not download:
         files = [datasets.SVHN.split_list[s][1] for s in ("train", "test")]
         _check_files("SVHN", root, root, files)
@@ -217,7 +199,7 @@ def _load_cifar(
     from torchvision import datasets
 
     cls = datasets.CIFAR100 if hundred else datasets.CIFAR10
-    root = _resolve_root(root)
+    root = resolve_root(root)
     if not download:
         files = [f for f, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
         _check_files(
