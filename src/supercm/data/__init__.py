@@ -4,13 +4,14 @@ The modules, each importing only those below it (no module imports this package 
 
     catalog            DATASETS, load_dataset, load_uda: every loader by name
     images             Office benchmarks and image folders; the memory pipeline and its cache
-    domains            the generated digit domains (registers their fetchers), DOMAIN_PAIRS
+    pairs              DOMAIN_PAIRS, load_domain_pair, joined_training_set: the offline UDA pairs
+    domains            the generated digit domains (registers their fetchers); digests: their SHA-256s
     stream             ImageStore: the stream pipeline (decodes in DataLoader workers)
     offline            mnist10k, Fashion-MNIST from package registries (registers their fetchers)
     torchvision_sets   MNIST, SVHN, CIFAR-10/100 from torchvision's files
     decode             decode_one, cache_key, BadImageError: the recipe both image pipelines share
     fetchers           FETCHERS (the fetch registry), fetch, FETCHABLE, is_fetched, read_cache
-    digits, splits, augment, preprocess
+    digits, splits, sampler, pipeline, augment, preprocess
     base               ArrayDataset, DomainPair, UNLABELED, the errors, resolve_root, pixel converters
 """
 
@@ -27,19 +28,12 @@ from .base import (
 )
 from .catalog import DATASETS, load_dataset, load_uda
 from .digits import load_digits
-from .domains import (
-    DOMAIN_PAIRS,
-    joined_training_set,
-    load_domain_pair,
-    load_mnistm_style,
-    load_optdigits,
-    load_synth_digits,
-)
+from .domains import load_mnistm_style, load_optdigits, load_synth_digits
 from .images import IMAGE_DATASETS, BadImageError, DatasetLayoutError
 from .offline import FETCHABLE, fetch, load_fashion_mnist, load_mnist10k
+from .pairs import DOMAIN_PAIRS, joined_training_set, load_domain_pair
 from .splits import SSLSplit, stratified_split, uda_split
 from .torchvision_sets import load_cifar10, load_cifar100, load_mnist, load_svhn
-
 
 __all__ = [
     "ArrayDataset",

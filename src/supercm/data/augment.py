@@ -17,7 +17,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-
 #: RandomResizedCrop's ranges (torchvision's defaults, the field's transform): area fraction, aspect ratio.
 RRC_SCALE = (0.08, 1.0)
 RRC_RATIO = (3 / 4, 4 / 3)

@@ -13,9 +13,10 @@ from collections.abc import Callable
 from ..registry import Registry
 from .base import ArrayDataset, DomainPair
 from .digits import load_digits
-from .domains import DOMAIN_PAIRS, load_domain_pair, load_mnistm_style, load_optdigits, load_synth_digits
+from .domains import load_mnistm_style, load_optdigits, load_synth_digits
 from .images import IMAGE_DATASETS
 from .offline import load_fashion_mnist, load_mnist10k
+from .pairs import DOMAIN_PAIRS, load_domain_pair
 from .torchvision_sets import load_cifar10, load_cifar100, load_mnist, load_svhn
 
 DATASETS: Registry[Callable[..., ArrayDataset]] = Registry("dataset", "data.name")
