@@ -11,7 +11,6 @@ strings) and an error for a key given twice (YAML would keep the last silently).
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import math
 import re
 import types
@@ -22,9 +21,8 @@ from typing import Any
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A configuration key or value is wrong; the message names the key."""
+from .options import (ConfigError, OptionSpec, check_options, dataclass_specs, in_range,  # noqa: F401  (re-exported)
+                      signature_specs, type_name)
 
 
 class _Loader(yaml.SafeLoader):
@@ -225,14 +223,10 @@ def _build(cls: type, data: dict, prefix: str) -> Any:
         ok, converted = _type_ok(value, hint)
         if not ok:
             raise ConfigError(
-                f"config key {prefix + name!r} must be of type {_type_name(hint)}, got {value!r} ({type(value).__name__})"
+                f"config key {prefix + name!r} must be of type {type_name(hint)}, got {value!r} ({type(value).__name__})"
             )
         kwargs[name] = converted
     return cls(**kwargs)
-
-
-def _type_name(hint: Any) -> str:
-    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
 
 
 def from_dict(data: dict) -> Config:
@@ -301,96 +295,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         key, value = parse_override(text)
         _set_dotted(data, key, value)
     return from_dict(data)
-
-
-_RANGE = re.compile(r"^\s*([\[(])\s*([^,]+?)\s*,\s*([^,]+?)\s*([\])])\s*$")
-
-
-def in_range(value: float, interval: str) -> bool:
-    """Whether ``value`` lies in ``interval``, written like ``"[0, 1)"`` or ``"(0, inf)"``; NaN never does."""
-    m = _RANGE.match(interval)
-    if m is None:
-        raise ValueError(f"bad range {interval!r}; write it like '[0, 1)' or '(0, inf)'")
-    lo, hi = float(m.group(2)), float(m.group(3))
-    if isinstance(value, float) and math.isnan(value):
-        return False
-    above = value >= lo if m.group(1) == "[" else value > lo
-    below = value <= hi if m.group(4) == "]" else value < hi
-    return above and below
-
-
-@dataclass(frozen=True)
-class OptionSpec:
-    """What one option accepts: a type annotation, an optional range (``"[0, 1)"``) and choices."""
-
-    hint: Any = Any
-    range: str | None = None
-    choices: tuple | None = None
-
-
-def check_options(options: Any, specs: dict[str, OptionSpec], key: str, owner: str, fix: str = "") -> dict:
-    """Names, types and ranges of an option dictionary; returns it with ints converted for floats.
-
-    ``key`` is the config key holding the dictionary (``"method.options"``), ``owner`` what
-    takes the options (``"method 'vat'"``); every error is a :class:`ConfigError` naming
-    ``key.name``. Floats must be finite unless their range says ``inf``.
-    """
-    if options is None:
-        options = {}
-    if not isinstance(options, dict):
-        raise ConfigError(f"config key {key!r} must be a mapping of option names to values, got {options!r}")
-    unknown = sorted(set(options) - set(specs), key=str)
-    if unknown:
-        allowed = ", ".join(sorted(specs)) or "none"
-        raise ConfigError(f"unknown option {key}.{unknown[0]} for {owner}; allowed: {allowed}{fix}")
-    out = {}
-    for name, value in options.items():
-        spec = specs[name]
-        ok, value = _type_ok(value, spec.hint) if spec.hint is not Any else (True, value)
-        if not ok:
-            raise ConfigError(
-                f"option {key}.{name} for {owner} must be of type {_type_name(spec.hint)}, "
-                f"got {value!r} ({type(value).__name__})"
-            )
-        number = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if number and spec.range is not None and not in_range(value, spec.range):
-            raise ConfigError(f"option {key}.{name} for {owner} must be in {spec.range}, got {value}")
-        if isinstance(value, float) and spec.range is None and not math.isfinite(value):
-            raise ConfigError(f"option {key}.{name} for {owner} must be a finite number, got {value}")
-        if spec.choices is not None and value not in spec.choices:
-            raise ConfigError(
-                f"option {key}.{name} for {owner} must be one of {', '.join(map(str, spec.choices))}, got {value!r}"
-            )
-        out[name] = value
-    return out
-
-
-def dataclass_specs(cls: type) -> dict[str, OptionSpec]:
-    """Option specs from a dataclass: field types, plus ``metadata={"range": ..., "choices": ...}``."""
-    hints = typing.get_type_hints(cls)
-    return {
-        f.name: OptionSpec(hints.get(f.name, Any), f.metadata.get("range"), f.metadata.get("choices"))
-        for f in dataclasses.fields(cls)
-    }
-
-
-def signature_specs(fn: Any, skip: tuple[str, ...] = (), ranges: dict[str, str] | None = None,
-                    choices: dict[str, tuple] | None = None) -> dict[str, OptionSpec]:
-    """Option specs from a function's (or class's) keyword parameters and their annotations, with the
-    ranges and choices given for some of them."""
-    target = fn.__init__ if isinstance(fn, type) else fn
-    try:
-        hints = typing.get_type_hints(target)
-    except Exception:  # unresolvable annotations: check names only
-        hints = {}
-    ranges, choices = ranges or {}, choices or {}
-    params = inspect.signature(target).parameters
-    return {
-        name: OptionSpec(hints.get(name, Any), ranges.get(name), choices.get(name))
-        for name, p in params.items()
-        if name not in ("self", *skip) and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-        and p.default is not p.empty
-    }
 
 
 #: train.precision: float32 throughout, or autocast to bfloat16 / float16 (with a gradient scaler).

@@ -17,6 +17,7 @@ from typing import Any, Callable, ClassVar, Iterator
 import torch
 from torch import Tensor, nn
 
+from ..options import ConfigError, check_options, dataclass_specs
 from ..registry import Registry
 
 
@@ -169,10 +170,8 @@ class Term(nn.Module):
 
     @classmethod
     def check_options(cls, options: dict | None) -> "SSLMethod.Options":
-        """``Options`` built from ``options``; a :class:`~supercm.config.ConfigError` (a ValueError)
+        """``Options`` built from ``options``; a :class:`~supercm.options.ConfigError` (a ValueError)
         naming ``method.options.<name>`` when a name, type or range is wrong."""
-        from ..config import ConfigError, check_options, dataclass_specs
-
         owner = f"method {cls.name!r}"
         checked = check_options(options, dataclass_specs(cls.Options), "method.options", owner)
         opts = cls.Options(**checked)
