@@ -56,7 +56,7 @@ from .config import Config, ConfigError, OptimConfig, from_dict, read_yaml_file
 from .data import ArrayDataset, DomainPair, SSLSplit, joined_training_set, load_dataset, load_uda, stratified_split, uda_split
 from .data.augment import Augment
 from .data.stream import ImageStore, iter_rows
-from .methods import Batch, Term, build_method
+from .methods import Batch, Term, build_method, check_terms
 from .objective import Objective
 from .models import CMClassifier, ImageInput, build_backbone
 
@@ -441,6 +441,7 @@ class Trainer:
         self._lock: _DirLock | None = None
         self._checkpoint_iteration: int | None = None
         from_dict(cfg.to_dict())  # a Config built by hand in Python is checked like a file
+        check_terms(cfg)  # the terms' names and options, against the registry (above the config layer)
         tc = cfg.train
         seed_everything(tc.seed)
         self.device = resolve_device(tc.device)

@@ -26,6 +26,7 @@ from typing import Any
 import yaml
 
 from ..config import Config, ConfigError, load_config
+from ..methods import check_terms
 
 
 @dataclass(frozen=True)
@@ -125,10 +126,11 @@ def tune(
     from ..train import Trainer
 
     cfg = load_config(config, list(overrides))
+    check_terms(cfg)
     space = params or default_space(cfg)
     for p in space:  # fail now, not in trial 3, on a misspelt key or a value out of range
         probe = p.choices[0] if p.kind == "choice" else int(p.low) if p.kind == "int" else p.low
-        cfg.replace(**{p.key: probe})
+        check_terms(cfg.replace(**{p.key: probe}))  # a term's option too (checked above the config layer)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     storage = storage or f"sqlite:///{out.resolve() / 'study.db'}"

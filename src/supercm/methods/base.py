@@ -218,6 +218,24 @@ def register(name: str) -> Callable[[type[Term]], type[Term]]:
     return deco
 
 
+def check_terms(cfg: Any) -> None:
+    """The terms of a :class:`~supercm.config.Config` against the registry: ``method.name`` and each
+    ``regularisers[i].name`` a registered term, and their options the term's ``Options``.
+
+    The config layer sits below the terms and checks everything else (including that ``method.name``
+    is not ``'supercm'``); the trainer calls this before it writes anything. Raises :class:`ConfigError`.
+    """
+    known = ", ".join(sorted(METHODS))
+    if cfg.method.name not in METHODS:
+        raise ConfigError(f"config key 'method.name' must be one of {known}, got {cfg.method.name!r}")
+    for i, reg in enumerate(cfg.regularisers):
+        if reg.name not in METHODS:
+            raise ConfigError(f"config key 'regularisers[{i}].name' must be one of {known}, got {reg.name!r}")
+    METHODS[cfg.method.name].check_options(cfg.method.options)
+    for reg in cfg.regularisers:
+        METHODS[reg.name].check_options(reg.options)
+
+
 def build_method(name: str, options: dict | None = None) -> Term:
     return METHODS.get(name)(**(options or {}))
 
