@@ -203,3 +203,12 @@ def test_options_imports_nothing_from_supercm_and_config_not_methods():
     assert ConfigError is options_mod.ConfigError  # supercm.config re-exports the one class
     base_imports = _imports(src / "methods" / "base.py")
     assert "..options" in base_imports and "..config" not in base_imports
+
+
+def test_option_annotations_outside_the_checked_set_are_not_refused():
+    """As before pydantic: list/tuple hints take either (YAML has no tuples), other classes are not checked."""
+    specs = {"size": OptionSpec(tuple[int, int]), "path": OptionSpec(Path), "items": OptionSpec(list[int] | None)}
+    assert check_options({"size": [224, 224], "path": "x", "items": None}, specs, "k", "o") == {
+        "size": [224, 224], "path": "x", "items": None}
+    with pytest.raises(ConfigError, match=r"option k.size for o must be of type tuple, got 3 \(int\)"):
+        check_options({"size": 3}, specs, "k", "o")

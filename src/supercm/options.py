@@ -83,9 +83,24 @@ def _is_number(hint: Any) -> bool:
     return hint in (int, float)
 
 
+def _plain(hint: Any) -> Any:
+    """The checked part of an annotation, as before pydantic: scalars, ``dict`` and ``list``/``tuple``
+    (either, YAML has no tuples; items unchecked), unions of those; anything else is not checked."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return typing.Union[tuple(_plain(arm) for arm in typing.get_args(hint))]  # noqa: UP007  (built at run time)
+    if hint in (bool, int, float, str, type(None), dict):
+        return hint
+    if origin is dict:
+        return dict
+    if hint in (list, tuple) or origin in (list, tuple):
+        return list | tuple
+    return Any
+
+
 def _annotation(spec: OptionSpec) -> Any:
     """The pydantic annotation of one option: its type, with the range as constraints and choices as Literal."""
-    hint = spec.hint
+    hint = _plain(spec.hint)
     if spec.choices is not None:
         return Literal[tuple(spec.choices)]
     if spec.range is None or hint is Any:
@@ -136,7 +151,10 @@ def check_options(options: Any, specs: dict[str, OptionSpec], key: str, owner: s
     if not isinstance(options, dict):
         raise ConfigError(f"config key {key!r} must be a mapping of option names to values, got {options!r}")
     items = tuple(specs.items())
-    model = _model(items)
+    try:
+        model = _model(items)
+    except TypeError:  # a spec that cannot be hashed (an odd annotation): build the model uncached
+        model = _model.__wrapped__(items)
     try:
         checked = model.model_validate(options)
     except ValidationError as exc:
