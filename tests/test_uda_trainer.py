@@ -11,6 +11,7 @@ import torch
 
 from supercm.config import ConfigError, from_dict
 from supercm.data import UNLABELED, ArrayDataset, DomainPair, load_dataset
+from supercm.methods import check_terms
 from supercm.train import CHECKPOINT, EVALS, METRICS, Trainer, lr_factor
 
 
@@ -207,8 +208,8 @@ def test_uda_config_errors_name_the_key():
         from_dict({"method": {"name": "supercm"}})
     with pytest.raises(ConfigError, match=r"regularisers\[0\].name"):
         from_dict({"regularisers": [{"name": "supercm"}]})
-    with pytest.raises(ConfigError, match=r"regularisers\[0\].name"):
-        from_dict({"regularisers": [{"name": "fixmatch"}]})
+    with pytest.raises(ConfigError, match=r"regularisers\[0\].name"):  # the registry's check, above config
+        check_terms(from_dict({"regularisers": [{"name": "fixmatch"}]}))
     with pytest.raises(ConfigError, match="optim.name"):
         from_dict({"optim": {"name": "rmsprop"}})
     with pytest.raises(ConfigError, match="train.batch_unlabeled"):

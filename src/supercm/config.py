@@ -1,30 +1,41 @@
-"""Run configuration: nested dataclasses, YAML files and dotted ``key=value`` overrides.
+"""Run configuration: pydantic models of the sections, YAML files and dotted ``key=value`` overrides.
 
-Every key is validated: an unknown key or a value of the wrong type is an error
-that names the key; so are the option dictionaries (``data.options``,
-``model.options``, ``method.options``), against the loader's, backbone's or
-method's own parameters. YAML is read with :func:`yaml_load` only: the safe
-loader, plus the floats people write (``3e-4``, ``1e6``, which YAML 1.1 reads as
-strings) and an error for a key given twice (YAML would keep the last silently).
+Every key is validated by pydantic (strict types, ints accepted for floats, unknown keys refused,
+ranges, choices, finite floats), and its first error is worded as one line that names the key:
+``config key 'optim.lr' must be > 0 and finite, got inf``. So are the option dictionaries of the
+dataset and the backbone (``data.options``, ``model.options``, ``data.augmentation``), against the
+loader's or backbone's own parameters; the terms (``method``, ``regularisers``) are checked against
+their registry by :func:`supercm.methods.check_terms`, which sits above this module. YAML is read
+with :func:`yaml_load` only: the safe loader, plus the floats people write (``3e-4``, ``1e6``, which
+YAML 1.1 reads as strings) and an error for a key given twice (YAML would keep the last silently).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import inspect
-import math
 import re
-import types
 import typing
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import yaml
+from annotated_types import Ge, Gt, Le, Lt
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-
-class ConfigError(ValueError):
-    """A configuration key or value is wrong; the message names the key."""
+from .cm import CENTROID_RULES
+from .data import DATASETS
+from .data.augment import DRAWS, Augment
+from .models import BACKBONES
+from .options import (
+    BOUND_ERRORS,
+    ConfigError,
+    OptionSpec,
+    check_options,
+    choices_text,
+    dataclass_specs,
+    in_range,  # noqa: F401  (re-exported: supercm.config kept the option helpers' names)
+    signature_specs,
+    type_name,
+)
 
 
 class _Loader(yaml.SafeLoader):
@@ -68,81 +79,124 @@ def yaml_load(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)
 
 
-@dataclass
-class DataConfig:
+#: train.precision: float32 throughout, or autocast to bfloat16 / float16 (with a gradient scaler).
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+KNOWN_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+def _note(text: str) -> dict:
+    """A field's extra words in its range message (``json_schema_extra``)."""
+    return {"note": text}
+
+
+class _Section(BaseModel):
+    """A config section: strict types (ints accepted for floats), no unknown keys, finite floats."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
+    _key: ClassVar[str] = ""  # where the section sits in a Config, for the messages of one built by hand
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise _config_error(exc, type(self), self._key) from None
+
+    # Only a section built by hand comes here: validating a nested mapping builds the sections without
+    # calling __init__ (the flag pydantic's own BaseModel.__init__ and RootModel.__init__ carry).
+    __init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]
+
+
+class DataConfig(_Section):
+    _key: ClassVar[str] = "data."
     name: str = "digits"  # a key of supercm.data.DATASETS (the source domain when target is set)
     target: str | None = None  # domain adaptation: the target dataset, whose labels are never read
     root: str | None = None  # None: $SUPERCM_DATA or ~/.cache/supercm/data
-    num_labeled: int = 100  # total, class-balanced (domain adaptation: every source sample outside validation)
-    num_validation: int = 200  # total, class-balanced, held out of train (domain adaptation: of the source)
+    num_labeled: int = Field(100, ge=1)  # total, class-balanced (domain adaptation: every source sample outside validation)
+    num_validation: int = Field(200, ge=0)  # total, class-balanced, held out of train (domain adaptation: of the source)
     download: bool = False  # let torchvision download (needs the internet)
     augment: bool = True  # augment training batches (false: never)
     augmentation: dict | None = None  # {flip, crop_pad, noise_std}; None: the dataset's paper default
-    augment_draw: str = "sample"  # sample: flip/crop drawn per image; batch: one draw per batch (SPEC §5)
-    options: dict = field(default_factory=dict)  # extra loader keyword arguments
+    augment_draw: Literal[DRAWS] = "sample"  # sample: flip/crop drawn per image; batch: one draw per batch (SPEC §5)
+    options: dict = Field(default_factory=dict)  # extra loader keyword arguments
 
 
-@dataclass
-class ModelConfig:
+class ModelConfig(_Section):
+    _key: ClassVar[str] = "model."
     backbone: str = "mlp"  # a key of supercm.models.BACKBONES
-    options: dict = field(default_factory=dict)  # backbone keyword arguments (width, depth, ...)
+    options: dict = Field(default_factory=dict)  # backbone keyword arguments (width, depth, ...)
 
 
-@dataclass
-class CMConfig:
-    beta: float = 0.0  # weight of L_CM; 0 turns SuperCM off (the baseline)
-    centroids: str = "paper"  # paper | mean | ema | learned
-    momentum: float = 0.99  # for centroids=ema
-    temperature: float = 1.0
-    alpha: float = 1.0  # Dirichlet prior; 1 (SuperCM) makes E4 vanish
-    features: str = "reuse"  # reuse: detached training features; eval_pass: extra eval-mode pass (authors' code)
+class CMConfig(_Section):
+    _key: ClassVar[str] = "cm."
+    beta: float = Field(0.0, ge=0)  # weight of L_CM; 0 turns SuperCM off (the baseline)
+    centroids: Literal[CENTROID_RULES] = "paper"  # paper | mean | ema | learned
+    momentum: float = Field(0.99, ge=0, lt=1)  # for centroids=ema
+    temperature: float = Field(1.0, gt=0)
+    alpha: float = Field(1.0, gt=0)  # Dirichlet prior; 1 (SuperCM) makes E4 vanish
+    features: Literal["reuse", "eval_pass"] = "reuse"  # reuse: detached training features; eval_pass: extra eval-mode pass (authors' code)
 
 
-@dataclass
-class MethodConfig:
-    name: str = "supervised"  # a key of supercm.methods.METHODS
-    delta: float = 1.0  # weight of the base method's unlabeled loss; 0 turns it off
-    rampup: int = 0  # iterations of the ramp-up w(t) = exp(−5(1 − t/T)²); 0: w = 1
-    options: dict = field(default_factory=dict)  # method hyperparameters, validated by the method
+class MethodConfig(_Section):
+    _key: ClassVar[str] = "method."
+    name: str = "supervised"  # a key of supercm.methods.METHODS (checked there: supercm.methods.check_terms)
+    delta: float = Field(1.0, ge=0)  # weight of the base method's unlabeled loss; 0 turns it off
+    rampup: int = Field(0, ge=0)  # iterations of the ramp-up w(t) = exp(−5(1 − t/T)²); 0: w = 1
+    options: dict = Field(default_factory=dict)  # method hyperparameters, validated by the method
+
+    @field_validator("name")
+    @classmethod
+    def _not_supercm(cls, name: str) -> str:
+        if name == "supercm":
+            raise ValueError("cannot be 'supercm': SuperCM is switched on by cm.beta > 0")
+        return name
 
 
-@dataclass
-class RegulariserConfig:
+class RegulariserConfig(_Section):
     """A term stacked on the base method (e.g. MCC or BNM on DANN); SuperCM's weight is cm.beta."""
 
+    _key: ClassVar[str] = "regularisers[i]."
     name: str = ""  # a key of supercm.methods.METHODS
-    weight: float = 1.0
-    rampup: int = 0  # iterations of the ramp-up w(t); 0: constant weight
-    options: dict = field(default_factory=dict)
+    weight: float = Field(1.0, ge=0)
+    rampup: int = Field(0, ge=0)  # iterations of the ramp-up w(t); 0: constant weight
+    options: dict = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _a_regulariser(cls, name: str) -> str:
+        if name in ("supercm", "supervised"):
+            raise ValueError(f"cannot be {name!r}: SuperCM's weight is cm.beta, and 'supervised' adds no loss")
+        return name
 
 
-@dataclass
-class OptimConfig:
-    name: str = "adam"  # adam | sgd (momentum, Nesterov: the domain-adaptation protocol)
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    momentum: float = 0.9  # sgd
+class OptimConfig(_Section):
+    _key: ClassVar[str] = "optim."
+    name: Literal["adam", "sgd"] = "adam"  # sgd: momentum, Nesterov (the domain-adaptation protocol)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)  # sgd
     nesterov: bool = True  # sgd
-    schedule: str = "step"  # step: × decay_factor at decay_at; annealed: × (1 + anneal_gamma·i)^(−anneal_power) every step
-    decay_at: int | None = None  # iteration at which lr is multiplied by decay_factor
-    decay_factor: float = 0.2
-    anneal_gamma: float = 0.001
-    anneal_power: float = 0.75
-    backbone_lr_mult: float = 1.0  # the backbone's lr relative to the head and the terms' modules (0.1 for a pretrained one)
+    schedule: Literal["step", "annealed"] = "step"  # step: × decay_factor at decay_at; annealed: × (1 + anneal_gamma·i)^(−anneal_power) every step
+    decay_at: int | None = Field(None, ge=0, json_schema_extra=_note(" (or null: never)"))  # iteration at which lr is multiplied by decay_factor
+    decay_factor: float = Field(0.2, gt=0, json_schema_extra=_note(" (the learning rate is multiplied by it)"))
+    anneal_gamma: float = Field(0.001, ge=0)
+    anneal_power: float = Field(0.75, ge=0)
+    backbone_lr_mult: float = Field(1.0, gt=0)  # the backbone's lr relative to the head and the terms' modules (0.1 for a pretrained one)
 
 
-@dataclass
-class TrainConfig:
-    iterations: int = 1000
-    batch_labeled: int = 50
-    batch_unlabeled: int = 50
-    eval_every: int = 100
-    checkpoint_every: int = 0  # 0: only at the end
-    log_every: int = 1  # write training metrics every N iterations
-    ema_decay: float = 0.99  # weight-EMA copy evaluated beside the model; 0 disables
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    precision: str = "fp32"  # fp32 | bf16 | fp16: autocast dtype of the step (fp16 adds a gradient scaler)
+class TrainConfig(_Section):
+    _key: ClassVar[str] = "train."
+    iterations: int = Field(1000, ge=1)
+    batch_labeled: int = Field(50, ge=1)
+    batch_unlabeled: int = Field(50, ge=0)
+    eval_every: int = Field(100, ge=1)
+    checkpoint_every: int = Field(0, ge=0)  # 0: only at the end
+    log_every: int = Field(1, ge=1)  # write training metrics every N iterations
+    ema_decay: float = Field(0.99, ge=0, lt=1)  # weight-EMA copy evaluated beside the model; 0 disables
+    seed: int = Field(0, ge=0)
+    device: str = Field("auto", pattern=KNOWN_DEVICE.pattern,
+                        json_schema_extra={"rule": "auto, cpu, cuda, cuda:N or mps"})  # auto | cpu | cuda | cuda:N
+    precision: Literal[PRECISIONS] = "fp32"  # fp32 | bf16 | fp16: autocast dtype of the step (fp16 adds a gradient scaler)
     sync_batchnorm: bool = False  # data-parallel runs: BatchNorm statistics of the global batch (any backend)
     channels_last: bool = False  # image models: weights and the step's batches in NHWC memory layout
     compile: bool = False  # the step's model call through torch.compile (needs a C++ compiler on the CPU, triton on CUDA)
@@ -151,18 +205,18 @@ class TrainConfig:
     tensorboard: bool = True  # write TensorBoard events when tensorboard is installed
 
 
-@dataclass
-class Config:
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    cm: CMConfig = field(default_factory=CMConfig)
-    method: MethodConfig = field(default_factory=MethodConfig)
-    regularisers: list[RegulariserConfig] = field(default_factory=list)  # stacked on the method, after SuperCM
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+class Config(_Section):
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    cm: CMConfig = Field(default_factory=CMConfig)
+    method: MethodConfig = Field(default_factory=MethodConfig)
+    regularisers: list[RegulariserConfig] = Field(default_factory=list)  # stacked on the method, after SuperCM
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """A plain nested dict, keys in the order above (config.yaml and the checkpoint's config hash)."""
+        return self.model_dump()
 
     def replace(self, **dotted: Any) -> "Config":
         """A copy with dotted keys replaced, e.g. ``cfg.replace(**{"cm.beta": 0.5})``."""
@@ -171,75 +225,117 @@ class Config:
             _set_dotted(d, key, value)
         return from_dict(d)
 
-
-def _type_ok(value: Any, hint: Any) -> tuple[bool, Any]:
-    """Whether ``value`` fits the annotation ``hint``; ints are accepted (and converted) for floats."""
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        for arm in typing.get_args(hint):
-            ok, v = _type_ok(value, arm)
-            if ok:
-                return True, v
-        return False, value
-    if hint is type(None):
-        return value is None, value
-    if hint is bool:
-        return isinstance(value, bool), value
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool), value
-    if hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return True, float(value)
-        return False, value
-    if hint is str:
-        return isinstance(value, str), value
-    if hint is dict or origin is dict:
-        return isinstance(value, dict), value
-    if hint is list or origin in (list, tuple) or hint is tuple:
-        return isinstance(value, (list, tuple)), value
-    return True, value
+    @model_validator(mode="after")
+    def _across_sections(self) -> "Config":
+        """The rules that read more than one key, and the dataset's and backbone's options."""
+        if self.data.target is not None and self.train.batch_unlabeled < 1:
+            raise ConfigError("config key 'train.batch_unlabeled' must be ≥ 1 for domain adaptation "
+                              "(data.target is set): it is the target batch")
+        _check_data_options(self.data)
+        _check_model_options(self.model)
+        return self
 
 
-def _build(cls: type, data: dict, prefix: str) -> Any:
-    if not isinstance(data, dict):
-        raise ConfigError(f"config section {prefix.rstrip('.') or '<root>'!r} must be a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ConfigError(
-            f"unknown config key {prefix + unknown[0]!r}; known keys here: {', '.join(sorted(names))}"
-        )
-    kwargs = {}
-    for name, value in data.items():
-        hint = hints[name]
-        if dataclasses.is_dataclass(hint):
-            kwargs[name] = _build(hint, value, f"{prefix}{name}.")
+def _check_data_options(data: DataConfig) -> None:
+    # A name outside the registry is allowed here: a dataset object may be handed to the Trainer
+    # directly (benchmarks do); load_dataset refuses an unknown name, before anything is written.
+    loader = DATASETS.get(data.name) if data.name in DATASETS else None
+    if loader is not None:
+        specs = signature_specs(loader, skip=("root",), ranges=getattr(loader, "option_ranges", None),
+                                choices=getattr(loader, "option_choices", None))
+        check_options(data.options, {k: v for k, v in specs.items() if k != "download"},
+                      "data.options", f"dataset {data.name!r}")
+        if data.download and "download" not in specs:
+            raise ConfigError(f"config key 'data.download' is true, but dataset {data.name!r} has nothing to "
+                              f"download; set data.download=false")
+    if data.augmentation is not None:
+        if "draw" in data.augmentation:
+            raise ConfigError("config key 'data.augmentation' must not hold 'draw': set data.augment_draw instead")
+        ranges = {"crop_pad": "[0, inf)", "noise_std": "[0, inf)", "resized_crop": "[0, inf)"}
+        aug = {k: OptionSpec(v.hint, ranges.get(k)) for k, v in dataclass_specs(Augment).items() if k != "draw"}
+        check_options(data.augmentation, aug, "data.augmentation", "the augmentation")
+
+
+def _check_model_options(model: ModelConfig) -> None:
+    if model.backbone not in BACKBONES:
+        raise ConfigError(f"config key 'model.backbone' must be {choices_text(list(BACKBONES))}, got {model.backbone!r}")
+    factory = BACKBONES[model.backbone]
+    check_options(
+        model.options,
+        signature_specs(factory, skip=("input_shape",), ranges=getattr(factory, "option_ranges", None)),
+        "model.options", f"backbone {model.backbone!r}",
+        fix="; the options may have been written for another backbone: set model.options too (e.g. model.options={})",
+    )
+
+
+def _config_error(exc: ValidationError, model: type[BaseModel], prefix: str = "") -> ConfigError:
+    """pydantic's first error (an unknown key first) as the project's one-line message naming the key."""
+    errors = exc.errors()
+    unknown = sorted((e for e in errors if e["type"] == "extra_forbidden"), key=lambda e: str(e["loc"]))
+    error = (unknown or errors)[0]
+    key, parent, field = "", model, None
+    for item in error["loc"]:  # walk the models: the key as written, its section, its field
+        if field is not None and parent is None:
+            break  # a union arm's tag after a value's key
+        key += f"[{item}]" if isinstance(item, int) else f"{'.' if key else ''}{item}"
+        if isinstance(item, int):
             continue
-        args = typing.get_args(hint)
-        if typing.get_origin(hint) is list and args and dataclasses.is_dataclass(args[0]):
-            if not isinstance(value, list):
-                raise ConfigError(f"config key {prefix + name!r} must be a list of mappings, got {value!r}")
-            kwargs[name] = [_build(args[0], v, f"{prefix}{name}[{i}].") for i, v in enumerate(value)]
-            continue
-        ok, converted = _type_ok(value, hint)
-        if not ok:
-            raise ConfigError(
-                f"config key {prefix + name!r} must be of type {_type_name(hint)}, got {value!r} ({type(value).__name__})"
-            )
-        kwargs[name] = converted
-    return cls(**kwargs)
+        field = parent.model_fields.get(item) if parent is not None else None
+        if field is None:
+            break
+        parent = _section_of(field.annotation)
+    key, kind, value = prefix + key, error["type"], error["input"]
+    if kind == "value_error" and isinstance(error["ctx"]["error"], ConfigError):
+        return error["ctx"]["error"]
+    if kind == "extra_forbidden":
+        names = ", ".join(sorted(parent.model_fields))
+        return ConfigError(f"unknown config key {key!r}; known keys here: {names}")
+    if kind in ("model_type", "dict_type") and (field is None or _section_of(field.annotation)):
+        return ConfigError(f"config section {key or '<root>'!r} must be a mapping, got {value!r}")
+    if kind == "list_type" and field is not None and _section_of(field.annotation):
+        return ConfigError(f"config key {key!r} must be a list of mappings, got {value!r}")
+    if kind == "value_error":
+        return ConfigError(f"config key {key!r} {error['ctx']['error']}")
+    hint = field.annotation
+    if kind in BOUND_ERRORS or kind == "string_pattern_mismatch":
+        shown = repr(value) if isinstance(value, str) else float(value) if hint is float and type(value) is int else value
+        return ConfigError(f"config key {key!r} must be {_rule(field)}, got {shown}")
+    choices = typing.get_args(hint) if typing.get_origin(hint) is Literal else ()
+    if kind == "literal_error" and isinstance(value, str):
+        return ConfigError(f"config key {key!r} must be {choices_text(choices, pair=True)}, got {value!r}")
+    name = type_name(type(choices[0])) if choices else type_name(hint)
+    return ConfigError(f"config key {key!r} must be of type {name}, got {value!r} ({type(value).__name__})")
 
 
-def _type_name(hint: Any) -> str:
-    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+def _section_of(hint: Any) -> type[BaseModel] | None:
+    """The section model of a field (``CMConfig``, or the items of ``list[RegulariserConfig]``), else None."""
+    args = typing.get_args(hint)
+    inner = args[0] if typing.get_origin(hint) is list and args else hint
+    return inner if isinstance(inner, type) and issubclass(inner, BaseModel) else None
 
 
-def from_dict(data: dict) -> Config:
-    """A validated :class:`Config` from a nested mapping (missing keys take their defaults)."""
-    cfg = _build(Config, data or {}, "")
-    validate(cfg)
-    return cfg
+def _rule(field: Any) -> str:
+    """What a field's bounds ask, e.g. ``≥ 0 and finite``, ``in [0, 1)``, ``> 0 (the learning rate ...)``."""
+    extra = field.json_schema_extra or {}
+    if "rule" in extra:
+        return extra["rule"]
+    lo = next(((f"[{m.ge}", f"≥ {m.ge}") if isinstance(m, Ge) else (f"({m.gt}", f"> {m.gt}")
+               for m in field.metadata if isinstance(m, (Ge, Gt))), None)
+    hi = next((f"{m.le}]" if isinstance(m, Le) else f"{m.lt})" for m in field.metadata if isinstance(m, (Le, Lt))), None)
+    if lo and hi:
+        rule = f"in {lo[0]}, {hi}"
+    else:
+        rule = lo[1] + (" and finite" if field.annotation is float else "")
+    return rule + extra.get("note", "")
+
+def from_dict(data: dict | None) -> Config:
+    """A validated :class:`Config` from a nested mapping (missing keys take their defaults).
+
+    The terms' names and options are checked by :func:`supercm.methods.check_terms`."""
+    try:
+        return Config.model_validate(data or {})
+    except ValidationError as exc:
+        raise _config_error(exc, Config) from None
 
 
 def _set_dotted(d: dict, key: str, value: Any) -> None:
@@ -301,211 +397,3 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         key, value = parse_override(text)
         _set_dotted(data, key, value)
     return from_dict(data)
-
-
-_RANGE = re.compile(r"^\s*([\[(])\s*([^,]+?)\s*,\s*([^,]+?)\s*([\])])\s*$")
-
-
-def in_range(value: float, interval: str) -> bool:
-    """Whether ``value`` lies in ``interval``, written like ``"[0, 1)"`` or ``"(0, inf)"``; NaN never does."""
-    m = _RANGE.match(interval)
-    if m is None:
-        raise ValueError(f"bad range {interval!r}; write it like '[0, 1)' or '(0, inf)'")
-    lo, hi = float(m.group(2)), float(m.group(3))
-    if isinstance(value, float) and math.isnan(value):
-        return False
-    above = value >= lo if m.group(1) == "[" else value > lo
-    below = value <= hi if m.group(4) == "]" else value < hi
-    return above and below
-
-
-@dataclass(frozen=True)
-class OptionSpec:
-    """What one option accepts: a type annotation, an optional range (``"[0, 1)"``) and choices."""
-
-    hint: Any = Any
-    range: str | None = None
-    choices: tuple | None = None
-
-
-def check_options(options: Any, specs: dict[str, OptionSpec], key: str, owner: str, fix: str = "") -> dict:
-    """Names, types and ranges of an option dictionary; returns it with ints converted for floats.
-
-    ``key`` is the config key holding the dictionary (``"method.options"``), ``owner`` what
-    takes the options (``"method 'vat'"``); every error is a :class:`ConfigError` naming
-    ``key.name``. Floats must be finite unless their range says ``inf``.
-    """
-    if options is None:
-        options = {}
-    if not isinstance(options, dict):
-        raise ConfigError(f"config key {key!r} must be a mapping of option names to values, got {options!r}")
-    unknown = sorted(set(options) - set(specs), key=str)
-    if unknown:
-        allowed = ", ".join(sorted(specs)) or "none"
-        raise ConfigError(f"unknown option {key}.{unknown[0]} for {owner}; allowed: {allowed}{fix}")
-    out = {}
-    for name, value in options.items():
-        spec = specs[name]
-        ok, value = _type_ok(value, spec.hint) if spec.hint is not Any else (True, value)
-        if not ok:
-            raise ConfigError(
-                f"option {key}.{name} for {owner} must be of type {_type_name(spec.hint)}, "
-                f"got {value!r} ({type(value).__name__})"
-            )
-        number = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if number and spec.range is not None and not in_range(value, spec.range):
-            raise ConfigError(f"option {key}.{name} for {owner} must be in {spec.range}, got {value}")
-        if isinstance(value, float) and spec.range is None and not math.isfinite(value):
-            raise ConfigError(f"option {key}.{name} for {owner} must be a finite number, got {value}")
-        if spec.choices is not None and value not in spec.choices:
-            raise ConfigError(
-                f"option {key}.{name} for {owner} must be one of {', '.join(map(str, spec.choices))}, got {value!r}"
-            )
-        out[name] = value
-    return out
-
-
-def dataclass_specs(cls: type) -> dict[str, OptionSpec]:
-    """Option specs from a dataclass: field types, plus ``metadata={"range": ..., "choices": ...}``."""
-    hints = typing.get_type_hints(cls)
-    return {
-        f.name: OptionSpec(hints.get(f.name, Any), f.metadata.get("range"), f.metadata.get("choices"))
-        for f in dataclasses.fields(cls)
-    }
-
-
-def signature_specs(fn: Any, skip: tuple[str, ...] = (), ranges: dict[str, str] | None = None,
-                    choices: dict[str, tuple] | None = None) -> dict[str, OptionSpec]:
-    """Option specs from a function's (or class's) keyword parameters and their annotations, with the
-    ranges and choices given for some of them."""
-    target = fn.__init__ if isinstance(fn, type) else fn
-    try:
-        hints = typing.get_type_hints(target)
-    except Exception:  # unresolvable annotations: check names only
-        hints = {}
-    ranges, choices = ranges or {}, choices or {}
-    params = inspect.signature(target).parameters
-    return {
-        name: OptionSpec(hints.get(name, Any), ranges.get(name), choices.get(name))
-        for name, p in params.items()
-        if name not in ("self", *skip) and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-        and p.default is not p.empty
-    }
-
-
-#: train.precision: float32 throughout, or autocast to bfloat16 / float16 (with a gradient scaler).
-PRECISIONS = ("fp32", "bf16", "fp16")
-
-KNOWN_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
-
-
-def validate(cfg: Config) -> None:
-    """Range checks that types alone cannot express, and the option dictionaries."""
-    from .cm import CENTROID_RULES
-
-    def need(cond: bool, key: str, msg: str) -> None:
-        if not cond:
-            raise ConfigError(f"config key {key!r} {msg}")
-
-    def finite(x: float) -> bool:
-        return math.isfinite(x)
-
-    need(finite(cfg.cm.beta) and cfg.cm.beta >= 0, "cm.beta", f"must be ≥ 0 and finite, got {cfg.cm.beta}")
-    need(cfg.cm.centroids in CENTROID_RULES, "cm.centroids", f"must be one of {', '.join(CENTROID_RULES)}, got {cfg.cm.centroids!r}")
-    need(0 <= cfg.cm.momentum < 1, "cm.momentum", f"must be in [0, 1), got {cfg.cm.momentum}")
-    need(finite(cfg.cm.temperature) and cfg.cm.temperature > 0, "cm.temperature",
-         f"must be > 0 and finite, got {cfg.cm.temperature}")
-    need(finite(cfg.cm.alpha) and cfg.cm.alpha > 0, "cm.alpha", f"must be > 0 and finite, got {cfg.cm.alpha}")
-    need(cfg.cm.features in ("reuse", "eval_pass"), "cm.features", f"must be 'reuse' or 'eval_pass', got {cfg.cm.features!r}")
-    need(finite(cfg.method.delta) and cfg.method.delta >= 0, "method.delta",
-         f"must be ≥ 0 and finite, got {cfg.method.delta}")
-    need(cfg.method.rampup >= 0, "method.rampup", f"must be ≥ 0, got {cfg.method.rampup}")
-    need(finite(cfg.optim.lr) and cfg.optim.lr > 0, "optim.lr", f"must be > 0 and finite, got {cfg.optim.lr}")
-    need(finite(cfg.optim.weight_decay) and cfg.optim.weight_decay >= 0, "optim.weight_decay",
-         f"must be ≥ 0 and finite, got {cfg.optim.weight_decay}")
-    need(cfg.optim.decay_at is None or cfg.optim.decay_at >= 0, "optim.decay_at",
-         f"must be ≥ 0 (or null: never), got {cfg.optim.decay_at}")
-    need(finite(cfg.optim.decay_factor) and cfg.optim.decay_factor > 0, "optim.decay_factor",
-         f"must be > 0 and finite (the learning rate is multiplied by it), got {cfg.optim.decay_factor}")
-    from .methods import METHODS
-
-    need(cfg.method.name in METHODS, "method.name",
-         f"must be one of {', '.join(sorted(METHODS))}, got {cfg.method.name!r}")
-    need(cfg.method.name != "supercm", "method.name", "cannot be 'supercm': SuperCM is switched on by cm.beta > 0")
-    for i, reg in enumerate(cfg.regularisers):
-        key = f"regularisers[{i}]"
-        need(reg.name in METHODS, key + ".name", f"must be one of {', '.join(sorted(METHODS))}, got {reg.name!r}")
-        need(reg.name not in ("supercm", "supervised"), key + ".name",
-             f"cannot be {reg.name!r}: SuperCM's weight is cm.beta, and 'supervised' adds no loss")
-        need(reg.weight >= 0, key + ".weight", f"must be ≥ 0, got {reg.weight}")
-        need(reg.rampup >= 0, key + ".rampup", f"must be ≥ 0, got {reg.rampup}")
-    need(cfg.optim.name in ("adam", "sgd"), "optim.name", f"must be 'adam' or 'sgd', got {cfg.optim.name!r}")
-    need(cfg.optim.schedule in ("step", "annealed"), "optim.schedule",
-         f"must be 'step' or 'annealed', got {cfg.optim.schedule!r}")
-    need(0 <= cfg.optim.momentum < 1, "optim.momentum", f"must be in [0, 1), got {cfg.optim.momentum}")
-    need(cfg.optim.anneal_gamma >= 0, "optim.anneal_gamma", f"must be ≥ 0, got {cfg.optim.anneal_gamma}")
-    need(cfg.optim.anneal_power >= 0, "optim.anneal_power", f"must be ≥ 0, got {cfg.optim.anneal_power}")
-    need(cfg.optim.backbone_lr_mult > 0, "optim.backbone_lr_mult", f"must be > 0, got {cfg.optim.backbone_lr_mult}")
-    need(cfg.data.target is None or cfg.train.batch_unlabeled >= 1, "train.batch_unlabeled",
-         "must be ≥ 1 for domain adaptation (data.target is set): it is the target batch")
-    need(cfg.train.iterations >= 1, "train.iterations", f"must be ≥ 1, got {cfg.train.iterations}")
-    need(cfg.train.batch_labeled >= 1, "train.batch_labeled", f"must be ≥ 1, got {cfg.train.batch_labeled}")
-    need(cfg.train.batch_unlabeled >= 0, "train.batch_unlabeled", f"must be ≥ 0, got {cfg.train.batch_unlabeled}")
-    need(cfg.train.eval_every >= 1, "train.eval_every", f"must be ≥ 1, got {cfg.train.eval_every}")
-    need(cfg.train.checkpoint_every >= 0, "train.checkpoint_every", f"must be ≥ 0, got {cfg.train.checkpoint_every}")
-    need(cfg.train.log_every >= 1, "train.log_every", f"must be ≥ 1, got {cfg.train.log_every}")
-    need(0 <= cfg.train.ema_decay < 1, "train.ema_decay", f"must be in [0, 1), got {cfg.train.ema_decay}")
-    need(cfg.train.seed >= 0, "train.seed", f"must be ≥ 0, got {cfg.train.seed}")
-    need(cfg.train.precision in PRECISIONS, "train.precision",
-         f"must be one of {', '.join(PRECISIONS)}, got {cfg.train.precision!r}")
-    need(bool(KNOWN_DEVICE.match(cfg.train.device)), "train.device",
-         f"must be auto, cpu, cuda, cuda:N or mps, got {cfg.train.device!r}")
-    need(cfg.data.augment_draw in ("sample", "batch"), "data.augment_draw",
-         f"must be 'sample' or 'batch', got {cfg.data.augment_draw!r}")
-    need(cfg.data.augmentation is None or "draw" not in cfg.data.augmentation, "data.augmentation",
-         "must not hold 'draw': set data.augment_draw instead")
-    need(cfg.data.num_labeled >= 1, "data.num_labeled", f"must be ≥ 1, got {cfg.data.num_labeled}")
-    need(cfg.data.num_validation >= 0, "data.num_validation", f"must be ≥ 0, got {cfg.data.num_validation}")
-    _validate_options(cfg)
-
-
-def _validate_options(cfg: Config) -> None:
-    """``data.options``, ``model.options``, ``method.options`` and ``data.augmentation`` against their owners."""
-    from .data import DATASETS
-    from .data.augment import Augment
-    from .methods import METHODS
-    from .models import BACKBONES
-
-    # A name outside the registry is allowed here: a dataset object may be handed to the Trainer
-    # directly (benchmarks do); load_dataset refuses an unknown name, before anything is written.
-    loader = DATASETS.get(cfg.data.name) if cfg.data.name in DATASETS else None
-    if loader is not None:
-        specs = signature_specs(loader, skip=("root",), ranges=getattr(loader, "option_ranges", None),
-                                choices=getattr(loader, "option_choices", None))
-        check_options(cfg.data.options, {k: v for k, v in specs.items() if k != "download"},
-                      "data.options", f"dataset {cfg.data.name!r}")
-        if cfg.data.download and "download" not in specs:
-            raise ConfigError(f"config key 'data.download' is true, but dataset {cfg.data.name!r} has nothing to "
-                              f"download; set data.download=false")
-    if cfg.data.augmentation is not None:
-        ranges = {"crop_pad": "[0, inf)", "noise_std": "[0, inf)", "resized_crop": "[0, inf)"}
-        aug = {k: OptionSpec(v.hint, ranges.get(k)) for k, v in dataclass_specs(Augment).items() if k != "draw"}
-        check_options(cfg.data.augmentation, aug, "data.augmentation", "the augmentation")
-
-    if cfg.model.backbone not in BACKBONES:
-        raise ConfigError(
-            f"config key 'model.backbone' must be one of {', '.join(BACKBONES)}, got {cfg.model.backbone!r}"
-        )
-    factory = BACKBONES[cfg.model.backbone]
-    check_options(
-        cfg.model.options,
-        signature_specs(factory, skip=("input_shape",), ranges=getattr(factory, "option_ranges", None)),
-        "model.options", f"backbone {cfg.model.backbone!r}",
-        fix="; the options may have been written for another backbone: set model.options too (e.g. model.options={})",
-    )
-
-    if cfg.method.name not in METHODS:
-        raise ConfigError(f"config key 'method.name' must be one of {', '.join(sorted(METHODS))}, got {cfg.method.name!r}")
-    METHODS[cfg.method.name].check_options(cfg.method.options)
-    for reg in cfg.regularisers:
-        METHODS[reg.name].check_options(reg.options)

@@ -45,7 +45,7 @@ from .ema import ema_copy, update_ema
 from .fileio import tmp_path as _tmp_path  # noqa: F401  (tests use it)
 from .guard import DivergenceGuard
 from .logs import RunLogs, RunResult, read_scalars
-from .methods import Batch, Term
+from .methods import Batch, Term, check_terms
 from .objective import WeightedTerm
 from .precision import AUTOCAST_DTYPES, MIN_LOSS_SCALE, Precision, check_compile, check_precision, resolve_device
 from .rundir import (BEST_MODEL, CHECKPOINT, CLASSES, CONFIG, EVALS, LOCK, METRICS, RESUMABLE_CHANGES, SPLIT,
@@ -78,6 +78,7 @@ class Trainer:
     def __init__(self, cfg: Config, run_dir: str | Path | None = None, *,
                  dataset: ArrayDataset | DomainPair | None = None, _resuming: bool = False):
         from_dict(cfg.to_dict())  # a Config built by hand in Python is checked like a file
+        check_terms(cfg)  # the terms' names and options (the config layer sits below the terms' registry)
         self.cfg, tc = cfg, cfg.train
         self.rundir = RunDir(run_dir) if run_dir is not None else None
         build.seed_everything(tc.seed)

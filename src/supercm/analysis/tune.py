@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 
 from ..config import Config, ConfigError, load_config, yaml_load
-from ..methods import Term, build_method
+from ..methods import Term, build_method, check_terms
 from ..train import Trainer
 
 
@@ -123,10 +123,11 @@ def tune(
     import optuna
 
     cfg = load_config(config, list(overrides))
+    check_terms(cfg)
     space = params or default_space(cfg)
     for p in space:  # fail now, not in trial 3, on a misspelt key or a value out of range
         probe = p.choices[0] if p.kind == "choice" else int(p.low) if p.kind == "int" else p.low
-        cfg.replace(**{p.key: probe})
+        check_terms(cfg.replace(**{p.key: probe}))  # a term's option too (checked above the config layer)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     storage = storage or f"sqlite:///{out.resolve() / 'study.db'}"

@@ -17,6 +17,7 @@ from typing import Any, Callable, ClassVar, Iterator
 import torch
 from torch import Tensor, nn
 
+from ..options import ConfigError, check_options, dataclass_specs
 from ..registry import Registry
 
 
@@ -166,10 +167,8 @@ class Term(nn.Module):
 
     @classmethod
     def check_options(cls, options: dict | None) -> "Term.Options":
-        """``Options`` built from ``options``; a :class:`~supercm.config.ConfigError` (a ValueError)
+        """``Options`` built from ``options``; a :class:`~supercm.options.ConfigError` (a ValueError)
         naming ``method.options.<name>`` when a name, type or range is wrong."""
-        from ..config import ConfigError, check_options, dataclass_specs
-
         owner = f"method {cls.name!r}"
         checked = check_options(options, dataclass_specs(cls.Options), "method.options", owner)
         opts = cls.Options(**checked)
@@ -208,6 +207,24 @@ def register(name: str) -> Callable[[type[Term]], type[Term]]:
         return cls
 
     return deco
+
+
+def check_terms(cfg: Any) -> None:
+    """The terms of a :class:`~supercm.config.Config` against the registry: ``method.name`` and each
+    ``regularisers[i].name`` a registered term, and their options the term's ``Options``.
+
+    The config layer sits below the terms and checks everything else (including that ``method.name``
+    is not ``'supercm'``); the trainer calls this before it writes anything. Raises :class:`ConfigError`.
+    """
+    known = ", ".join(sorted(METHODS))
+    if cfg.method.name not in METHODS:
+        raise ConfigError(f"config key 'method.name' must be one of {known}, got {cfg.method.name!r}")
+    for i, reg in enumerate(cfg.regularisers):
+        if reg.name not in METHODS:
+            raise ConfigError(f"config key 'regularisers[{i}].name' must be one of {known}, got {reg.name!r}")
+    METHODS[cfg.method.name].check_options(cfg.method.options)
+    for reg in cfg.regularisers:
+        METHODS[reg.name].check_options(reg.options)
 
 
 def build_method(name: str, options: dict | None = None) -> Term:
