@@ -69,10 +69,9 @@ class Trainer:
         result = Trainer(cfg, "runs/exp1").fit()
         result = Trainer.resume("runs/exp1").fit()
 
-    Everything that can be checked is checked before a file is written: the config, the
-    device, the model against the data's shape, and every file already in ``run_dir``.
-    A directory that holds a checkpoint is only continued by :meth:`resume`; one that
-    holds no checkpoint (a run that failed before its first one) may be reused.
+    Everything that can be checked is checked before a file is written: the config, the device, the model
+    against the data's shape, and every file already in ``run_dir``. A directory that holds a checkpoint is
+    only continued by :meth:`resume`; one that holds none (a run that failed before its first) may be reused.
     """
 
     def __init__(self, cfg: Config, run_dir: str | Path | None = None, *,
