@@ -17,8 +17,9 @@ from dataclasses import dataclass
 
 import torch
 
+from .analysis.compare import paired
 from .config import Config, from_dict
-from .data import load_dataset
+from .data import default_data_root, fetch, load_dataset, load_uda
 from .train import RunResult, Trainer
 
 #: The demo's protocol. Chosen once on the validation split (see BENCHMARKS.md).
@@ -166,8 +167,6 @@ UDA_ARMS = (("source only", "supervised", 0.0), ("DANN", "dann", 0.0), ("DANN + 
 
 @functools.lru_cache(maxsize=1)
 def _uda_pair(root: str):
-    from .data import load_uda
-
     return load_uda("mnist10k", "mnistm_style", root)
 
 
@@ -181,8 +180,6 @@ def run_uda_demo(seeds: int = 3, iterations: int | None = None, workers: int | N
     """Source only, DANN and DANN + SuperCM on MNIST → MNIST-M-style; target test accuracy of the
     iterate chosen on held-out *source* samples (no target label is read to choose)."""
     from tqdm.auto import tqdm
-
-    from .data import default_data_root, fetch
 
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise ValueError(f"demo needs at least one seed (--seeds ≥ 1), got {seeds!r}")
@@ -217,8 +214,6 @@ def run_uda_demo(seeds: int = 3, iterations: int | None = None, workers: int | N
 
 
 def _uda_report(runs: dict, seeds: int, elapsed: float, cfg: Config, workers: int) -> str:
-    from .analysis.compare import paired
-
     def ms(values: list[float]) -> str:
         v = [100 * x for x in values]
         return f"{statistics.mean(v):.2f} ± {statistics.stdev(v):.2f}" if len(v) > 1 else f"{v[0]:.2f}"
