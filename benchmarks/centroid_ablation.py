@@ -36,8 +36,12 @@ VARIANTS = {
 DEFAULT = "paper rule, reused features (default)"
 
 
-def _init() -> None:
+def _init(parent: int | None = None) -> None:
     import torch
+
+    from supercm.lifeline import die_with_parent
+
+    die_with_parent(parent)  # a killed sweep takes its workers with it
 
     torch.set_num_threads(1)
 
@@ -66,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
 
     jobs = [(v, s, args.beta, args.iterations) for s in range(args.seeds) for v in VARIANTS]
     rows = []
-    with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init) as pool:
+    with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init, initargs=(os.getpid(),)) as pool:
         for fut in as_completed([pool.submit(run, *j) for j in jobs]):
             rows.append(fut.result())
     by = {v: {r["seed"]: r for r in rows if r["variant"] == v} for v in VARIANTS}

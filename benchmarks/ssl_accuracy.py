@@ -33,8 +33,12 @@ def config_path(dataset: str, method: str, cm: bool) -> Path:
     return ROOT / "configs" / "cpu" / f"{dataset}-{method}{'-cm' if cm else ''}.yaml"
 
 
-def _init_worker() -> None:
+def _init_worker(parent: int | None = None) -> None:
     import torch
+
+    from supercm.lifeline import die_with_parent
+
+    die_with_parent(parent)  # a killed sweep takes its workers with it
 
     torch.set_num_threads(1)  # one process per core is faster than threads for these small models
 
@@ -120,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
                     raise SystemExit(f"no config {config_path(d, m, arm == 'cm')}; run configs/generate.py")
     print(f"{len(done)} runs already in {out}; {len(jobs)} to go with {args.workers} workers", file=sys.stderr)
     t0 = time.perf_counter()
-    with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker) as pool:
+    with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker, initargs=(os.getpid(),)) as pool:
         futures = {pool.submit(run_one, *job): job for job in jobs}
         for i, fut in enumerate(as_completed(futures), 1):
             r = fut.result()
