@@ -49,7 +49,7 @@ import yaml
 from torch import Tensor, nn
 
 from . import distributed
-from .fileio import atomic_write
+from .fileio import atomic_write, load_failure_reason
 from .fileio import tmp_path as _tmp_path  # noqa: F401  (tests use it)
 from .cm import ClusteringModule
 from .config import Config, ConfigError, OptimConfig, from_dict, read_yaml_file
@@ -780,7 +780,7 @@ class Trainer:
             # optimizer state to their own devices. weights_only: a crafted file runs no code.
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
-            reason = " ".join(str(exc).split())[:120] or type(exc).__name__
+            reason = load_failure_reason(exc)  # never torch's advice to load unsafely
             raise RunDirError(
                 f"{path} is corrupt or not a SuperCM checkpoint ({reason}); it cannot be resumed: "
                 f"start the run again in a new run directory"
@@ -1283,8 +1283,9 @@ class Trainer:
             ema_test_accuracy_at_best_val=self.ema_best["test"] if self.ema_model is not None else None,
             seconds=self.elapsed,
             iterations=self.iteration,
-            oracle_test_accuracy=self.oracle["test"] if self.uda else None,
-            oracle_iteration=self.oracle["iteration"] if self.uda else None,
+            # -1: no labelled target test set (own folders without data.options.test): null, as the rest.
+            oracle_test_accuracy=self.oracle["test"] if self.uda and self.oracle["test"] >= 0 else None,
+            oracle_iteration=self.oracle["iteration"] if self.uda and self.oracle["test"] >= 0 else None,
         )
         if self.run_dir is not None:
             atomic_write(self.run_dir / SUMMARY, json.dumps(result.to_dict(), indent=2, allow_nan=False))
