@@ -281,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="target domain: another dataset (vs the run's test set); default: the run's train vs test set")
     pa.add_argument("--resize", action="store_true", help="bring target images to the run's input shape")
     pa.add_argument("--data-root", help="data root (default: the run's data.root)")
-    pa.add_argument("--repeats", type=int, default=5, help="subsample/split repeats (default 5)")
+    pa.add_argument("--repeats", type=_positive_int, default=5, help="subsample/split repeats (default 5)")
     pa.add_argument("--seed", type=int, default=0)
     pa.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     pa.set_defaults(func=_cmd_pad)
@@ -292,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--group-by", metavar="KEYS", help="comma-separated fields that group the results file's rows")
     c.add_argument("--baseline", metavar="NAME", help="group name of the baseline (as printed in the table)")
     c.add_argument("--treatment", metavar="NAME", help="group name compared with the baseline, paired by seed")
-    c.add_argument("--confidence", type=float, default=0.95, help="bootstrap confidence level (default 0.95)")
+    c.add_argument("--confidence", type=_level, default=0.95, help="bootstrap confidence level (default 0.95)")
     c.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resampling")
     c.add_argument("--markdown", metavar="FILE", help="also write the Markdown report here")
     c.add_argument("--csv", metavar="FILE", help="also write the numbers as CSV here")
@@ -301,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plot", help="PNGs of runs: t-SNE of test features with centroids, learning curves")
     pl.add_argument("run_dirs", nargs="+", help="run directories, drawn side by side (e.g. CE and SuperCM)")
     pl.add_argument("--out", required=True, help="directory for tsne.png and curves.png")
-    pl.add_argument("--max-points", type=int, default=2000, help="test samples in the t-SNE (default 2000)")
+    pl.add_argument("--max-points", type=_positive_int, default=2000, help="test samples in the t-SNE (default 2000)")
     pl.add_argument("--layer", choices=("features", "logits"), default="features")
     pl.add_argument("--seed", type=int, default=0, help="seed of the subsample and of t-SNE")
     pl.add_argument("--no-tsne", action="store_true", help="learning curves only")
@@ -311,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     tu = sub.add_parser("tune", help="Bayesian optimisation (Optuna TPE) of β and δ on the validation split")
     tu.add_argument("config", help="YAML config file to start from")
     tu.add_argument("overrides", nargs="*", help="dotted overrides applied to every trial, e.g. train.iterations=300")
-    tu.add_argument("--trials", type=int, required=True, help="finished trials wanted in the study (a rerun adds the missing ones)")
+    tu.add_argument("--trials", type=_positive_int, required=True, help="finished trials wanted in the study (a rerun adds the missing ones)")
     tu.add_argument("--out", help="directory of the trial runs, the SQLite study and best.yaml (default runs/tune-<config>)")
     tu.add_argument("--storage", metavar="URL", help="Optuna storage URL (default sqlite:///OUT/study.db)")
     tu.add_argument("--study", default="supercm", metavar="NAME", help="study name in the storage (default supercm)")
@@ -331,6 +331,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"must be a whole number ≥ 1, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be ≥ 1, got {value}")
+    return value
+
+
+def _level(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1), e.g. 0.95; got {text!r}") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be a level in (0, 1), e.g. 0.95; got {text}")
     return value
 
 
