@@ -87,8 +87,8 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 #: Version of the cache format and of the decode/resize recipe; part of every cache key.
-CACHE_VERSION = 1
-RESIZE_METHOD = "PIL.Image.resize(BICUBIC) of convert('RGB')"
+CACHE_VERSION = 2  # 2: 16-bit, float, transparent and EXIF-rotated images read as a viewer shows them
+RESIZE_METHOD = "PIL.Image.resize(BICUBIC) of decode_noted's RGB"
 BAD_IMAGES = ("fail", "skip")
 LAYOUTS = ("auto", "folders", "list")
 #: Environment variable naming the decoded-image cache folder.
@@ -284,7 +284,7 @@ def read_image_list(list_file: Path, bases: list[Path], classes: tuple[str, ...]
         raise DatasetLayoutError(f"cannot read the image list {list_file}: {exc}") from None
     bases = [*bases, list_file.parent]
     relocate = _Relocator(bases[0])
-    paths, labels, missing = [], [], []
+    paths, labels, missing, lines = [], [], [], []
     for n, line in enumerate(text.splitlines(), 1):
         line = line.strip()
         if not line or line.startswith("#"):
@@ -305,6 +305,7 @@ def read_image_list(list_file: Path, bases: list[Path], classes: tuple[str, ...]
             missing.append(str(raw))
         paths.append(found if found is not None else raw)
         labels.append(label)
+        lines.append(n)
     if missing:
         shown = "; ".join(missing[:5]) + (f"; and {len(missing) - 5} more" if len(missing) > 5 else "")
         raise DatasetLayoutError(
@@ -313,10 +314,48 @@ def read_image_list(list_file: Path, bases: list[Path], classes: tuple[str, ...]
         )
     if not paths:
         raise DatasetLayoutError(f"{list_file} lists no images; {expected}")
+    paths, labels = _check_consistent(list_file, paths, labels, lines, classes)
     names = list(classes) if classes is not None else _names_from_paths(paths, labels)
     if classes is not None:
         _check_list_against_folders(list_file, paths, labels, classes)
     return ImageList(paths, labels, names, f"list {list_file}")
+
+
+def _check_consistent(list_file: Path, paths: list[Path], labels: list[int], lines: list[int],
+                      classes) -> tuple[list[Path], list[int]]:
+    """A list that contradicts itself. One image listed with two labels is refused (naming both lines);
+    listed twice with one label, it is kept once, with a warning (it would weigh twice). Without a known
+    class list, the labels must be 0 … K−1 with images for each: a gap (labels {0, 1, 7}) is refused
+    naming the label that makes it, which would otherwise become empty classes."""
+    first: dict[str, int] = {}
+    keep, repeated = [], []
+    for i, p in enumerate(paths):
+        key = os.path.normcase(os.path.abspath(p))
+        j = first.setdefault(key, i)
+        if j == i:
+            keep.append(i)
+        elif labels[j] != labels[i]:
+            raise DatasetLayoutError(
+                f"{list_file}: {p} is listed with label {labels[j]} (line {lines[j]}) and label {labels[i]} "
+                f"(line {lines[i]}); an image has one label: correct or remove one of the lines")
+        else:
+            repeated.append(f"line {lines[i]} repeats line {lines[j]}")
+    if repeated:
+        warnings.warn(f"{list_file}: {len(repeated)} image(s) listed twice with the same label are read once: "
+                      f"{'; '.join(repeated[:5])}{' …' if len(repeated) > 5 else ''}", stacklevel=4)
+        paths, labels, lines = [paths[i] for i in keep], [labels[i] for i in keep], [lines[i] for i in keep]
+    if classes is None:
+        present = set(labels)
+        absent = sorted(set(range(max(present) + 1)) - present)
+        if absent:
+            gap = absent[0]
+            culprit = min((y for y in present if y > gap))
+            line = lines[labels.index(culprit)]
+            shown = ", ".join(map(str, absent[:6])) + (" …" if len(absent) > 6 else "")
+            raise DatasetLayoutError(
+                f"{list_file} line {line}: label {culprit} leaves label(s) {shown} without images; the labels of "
+                f"a list must be 0 … K−1 (here {len(present)} classes: 0 … {len(present) - 1}): renumber them")
+    return paths, labels
 
 
 def _names_from_paths(paths: list[Path], labels: list[int]) -> list[str]:
@@ -445,12 +484,86 @@ def cache_key(paths: list[Path], size: int) -> str:
 
 def decode_one(path: Path, size: int) -> np.ndarray:
     """One image as uint8 (3, size, size): RGB, resized with Pillow's bicubic filter (``Image.resize``'s
-    default, which the field's ``ResizeImage`` uses)."""
-    from PIL import Image
+    default, which the field's ``ResizeImage`` uses). See :func:`decode_noted` for each image mode."""
+    return decode_noted(path, size)[0]
+
+
+def decode_noted(path: Path, size: int) -> tuple[np.ndarray, str | None]:
+    """:func:`decode_one`, and a note when reading the file involved a choice the user should know of.
+
+    What each mode Pillow opens becomes (8-bit RGB, as a viewer shows the file):
+
+    * ``RGB``, ``L`` (8-bit grey), ``P`` (palette), ``1`` (1-bit: 0/255), ``CMYK`` (Pillow's
+      conversion, as the field's loaders do; Adobe's inverted CMYK JPEGs are read right by Pillow),
+      ``YCbCr``: Pillow's ``convert("RGB")`` — exact, no note;
+    * the EXIF (or TIFF) orientation is applied first, as every viewer does: a phone photo stored
+      sideways is read upright;
+    * ``I;16*`` (16-bit grey PNG/TIFF) and ``I`` (32-bit integer): the 16-bit range [0, 65535] mapped to
+      [0, 255] (``/ 257``; ``convert("RGB")`` would clip every value above 255 to white); values outside
+      it are rescaled from their min–max, with a note;
+    * ``F`` (float TIFF): [0, 1] → [0, 255]; values already in [0, 255] are kept; any other range is
+      rescaled from its min–max, with a note; NaN/inf pixels read as 0, with a note;
+    * transparency (``RGBA``, ``LA``, ``PA``, a palette or grey image with a transparent colour): the
+      image composited on white, with a note when a pixel is not opaque (an opaque alpha is dropped);
+    * several frames (animated GIF/WebP, multi-page TIFF): the first, with a note;
+    * a mode Pillow cannot bring to RGB (``LAB``, ``HSV``, ...): the file is a bad image, reported by
+      path (``data.options.bad_images``).
+    """
+    from PIL import Image, ImageOps
 
     with Image.open(path) as im:
-        im = im.convert("RGB").resize((size, size), Image.BICUBIC)
-        return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1)
+        notes = []
+        if getattr(im, "n_frames", 1) > 1:
+            notes.append(f"{im.n_frames} frames: the first is read")
+        im = ImageOps.exif_transpose(im)  # upright, as a viewer shows it
+        rgb, note = _as_rgb(im)
+        if note:
+            notes.append(note)
+        rgb = rgb.resize((size, size), Image.BICUBIC)
+        return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1), "; ".join(notes) or None
+
+
+def _grey(values: np.ndarray, note: str | None):
+    from PIL import Image
+
+    grey = np.clip(np.rint(values), 0, 255).astype(np.uint8)
+    return Image.fromarray(grey, "L").convert("RGB"), note
+
+
+def _rescaled(a: np.ndarray, what: str) -> tuple[np.ndarray, str]:
+    lo, hi = float(a.min()), float(a.max())
+    scaled = (a - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(a)
+    return scaled, f"{what} in [{lo:g}, {hi:g}]: rescaled to [0, 255]"
+
+
+def _as_rgb(im):
+    """``im`` as an 8-bit RGB image, and a note for a conversion that is a choice (see :func:`decode_noted`)."""
+    from PIL import Image
+
+    mode = im.mode
+    if mode.startswith("I;16") or mode == "I":
+        a = np.asarray(im).astype(np.float64)
+        if a.min() < 0 or a.max() > 65535:
+            return _grey(*_rescaled(a, "integer pixels"))
+        return _grey(a / 257.0, None)
+    if mode == "F":
+        a = np.asarray(im).astype(np.float64)
+        note = None
+        if not np.isfinite(a).all():
+            a, note = np.where(np.isfinite(a), a, 0.0), "NaN/inf pixels read as 0"
+        if a.min() >= 0 and a.max() <= 1:
+            return _grey(a * 255.0, note)
+        if a.min() >= 0 and a.max() <= 255:
+            return _grey(a, note)
+        a, why = _rescaled(a, "float pixels")
+        return _grey(a, f"{note}; {why}" if note else why)
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info:
+        rgba = im.convert("RGBA")
+        if rgba.getchannel("A").getextrema()[0] == 255:
+            return rgba.convert("RGB"), None
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB"), "transparent pixels composited on white"
+    return im.convert("RGB"), None
 
 
 def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
@@ -464,6 +577,22 @@ def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
         raise
 
 
+
+
+def warn_cache_unwritable(folder: Path, exc: OSError) -> None:
+    """The decoded-image cache cannot be written: say which knobs fix it (the run goes on without it)."""
+    why = exc.strerror or type(exc).__name__
+    warnings.warn(f"cannot write the decoded-image cache in {folder} ({why}); the images are decoded and used, "
+                  f"but will be decoded again by the next run: set data.options.cache_dir (or ${CACHE_ENV}) to a "
+                  f"writable folder, or data.options.cache=false", stacklevel=3)
+
+
+def warn_converted(notes: list, count: int | None, what: str, *, more: str = "") -> None:
+    """One warning naming the images whose reading involved a choice (see :func:`decode_noted`)."""
+    if notes:
+        counted = f"{len(notes)} of {count} images were" if count is not None else "images were"
+        warnings.warn(f"{what}: {counted} converted to 8-bit RGB with a choice (see supercm.data.images.decode_noted): "
+                      f"{_listing(notes)}{more}", stacklevel=3)
 
 
 def _listing(bad: list) -> str:
@@ -501,31 +630,40 @@ def decode_images(paths: list[Path], size: int, *, cache_dir: str | os.PathLike 
         ok = np.zeros(len(paths), dtype=bool)
         bad: list[list[str]] = []
 
+        notes: list[list[str]] = []
+
         def work(i: int):
             try:
-                return i, decode_one(paths[i], size), None
+                return i, *decode_noted(paths[i], size), None
             except Exception as exc:  # truncated, unreadable, not an image: reported by path
-                return i, None, f"{type(exc).__name__}: {exc}"
+                return i, None, None, f"{type(exc).__name__}: {exc}"
 
         from tqdm.auto import tqdm
 
         n_workers = workers or min(8, os.cpu_count() or 1)
         with concurrent.futures.ThreadPoolExecutor(n_workers) as pool, \
                 tqdm(total=len(paths), desc=f"decoding {what} to {size}px", disable=not progress, leave=False) as bar:
-            for i, img, err in pool.map(work, range(len(paths)), chunksize=16):
+            for i, img, note, err in pool.map(work, range(len(paths)), chunksize=16):
                 if err is None:
                     array[i], ok[i] = img, True
+                    if note:
+                        notes.append([str(paths[i]), note])
                 else:
                     bad.append([str(paths[i]), err])
                 bar.update(1)
         kept = np.flatnonzero(ok).tolist()
         if len(kept) < len(paths):
             array = array[ok]
-        meta = {"key": key, "size": size, "resize": RESIZE_METHOD, "kept": kept, "bad": bad, "count": len(paths)}
+        meta = {"key": key, "size": size, "resize": RESIZE_METHOD, "kept": kept, "bad": bad, "count": len(paths),
+                "notes": notes}
         if cache and kept:
-            folder.mkdir(parents=True, exist_ok=True)
-            _atomic_save_npy(array_path, np.ascontiguousarray(array))
-            atomic_write(meta_path, json.dumps(meta))
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                _atomic_save_npy(array_path, np.ascontiguousarray(array))
+                atomic_write(meta_path, json.dumps(meta))
+            except OSError as exc:  # the decoded pixels are kept and used: only the reuse is lost
+                warn_cache_unwritable(folder, exc)
+    warn_converted(meta.get("notes") or [], len(paths), what)
     bad = meta["bad"]
     if bad:
         listed = _listing(bad)
