@@ -86,6 +86,50 @@ def _init_distributed(cfg) -> int:
     return dist.get_rank()
 
 
+#: The run directory ``supercm train`` trains in (for the line printed when the process is terminated).
+_TRAINING: dict = {}
+
+
+def _rank() -> int | None:
+    """This process's rank under torchrun (WORLD_SIZE > 1), else None."""
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
+        return None
+    return int(os.environ.get("RANK", "0") or 0)
+
+
+def _on_sigterm(signum, frame) -> None:
+    """SIGTERM (torchrun stopping the ranks, a scheduler, ``kill``): one line, then the default action, so
+    the exit status still says SIGTERM. A forked child (a DataLoader worker) just takes the default."""
+    import signal
+
+    if os.getpid() == _TRAINING.get("pid"):
+        rank = _rank()
+        who = "training" if rank is None else f"rank {rank}"
+        run_dir = _TRAINING.get("run_dir")
+        hint = ""
+        if run_dir is not None:
+            from .train import CHECKPOINT
+
+            hint = (f"; continue with 'supercm train --resume {run_dir}' (its last checkpoint is intact)"
+                    if (Path(run_dir) / CHECKPOINT).is_file() else "; it had written no checkpoint yet")
+        try:
+            os.write(2, f"supercm: {who} terminated by SIGTERM{hint}\n".encode())
+        except OSError:
+            pass
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _watch_sigterm() -> None:
+    import signal
+
+    _TRAINING["pid"] = os.getpid()
+    try:
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread (main() called from a thread): leave the default
+        pass
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from .config import load_config
     from .train import read_run_config
@@ -102,20 +146,41 @@ def _cmd_train(args: argparse.Namespace) -> int:
         cfg = load_config(args.config, args.overrides)
     from .distributed import leave
 
+    _watch_sigterm()
     rank = _init_distributed(cfg)
     trainer = None
     try:
         trainer = _build_trainer(args, cfg, rank)
+        _TRAINING["run_dir"] = trainer.run_dir
         if rank == 0:
             print(f"run directory: {trainer.run_dir}", file=sys.stderr)
         result = trainer.fit()
         if rank == 0:
             print(json.dumps(result.to_dict(), indent=2))
-    except BaseException:
+    except BaseException as exc:
         leave(trainer, clean=False)  # a data-parallel run leaves its process group on error too
+        if trainer is not None:
+            _attach_resume_hint(exc, trainer.run_dir)
         raise
     leave(trainer)
     return 0
+
+
+def _attach_resume_hint(exc: BaseException, run_dir: Path | None) -> None:
+    """How to go on after training stopped on ``exc``: resume when the run wrote a checkpoint, else start
+    again (a message must not promise a checkpoint that was never written)."""
+    from .train import CHECKPOINT
+
+    if run_dir is None:  # data-parallel ranks other than 0 write nothing; rank 0 says it
+        return
+    if (Path(run_dir) / CHECKPOINT).is_file():
+        hint = f"continue the run with 'supercm train --resume {run_dir}' (its last checkpoint is intact)"
+    else:
+        hint = f"then start the run again (it stopped before writing its first checkpoint in {run_dir})"
+    try:
+        exc.supercm_resume = hint
+    except AttributeError:
+        pass
 
 
 def _build_trainer(args: argparse.Namespace, cfg, rank: int):
@@ -362,8 +427,9 @@ def _one_line(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.errno is not None:
         where = f" ({exc.filename})" if exc.filename else ""
         if exc.errno == errno.ENOSPC:
-            return (f"no space left on device{where}; free some space, then continue the run with "
-                    f"'supercm train --resume RUN_DIR' (its last checkpoint is intact)")
+            hint = getattr(exc, "supercm_resume", None)
+            return (f"no space left on device{where}; free some space, "
+                    + (hint or "then continue the run with 'supercm train --resume RUN_DIR' (its last checkpoint is intact)"))
         if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
             return f"permission denied{where}: {os.strerror(exc.errno)}; choose a writable --run-dir or --root"
         if exc.errno == errno.ENOENT:
@@ -373,8 +439,13 @@ def _one_line(exc: BaseException) -> str:
         if exc.errno == errno.EISDIR:
             return f"is a directory{where}"
         return f"{os.strerror(exc.errno).lower()}{where}"
-    text = " ".join(str(exc).split())
-    return text or type(exc).__name__
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    hint = getattr(exc, "supercm_resume", None)
+    from .data import BadImageError
+
+    if hint and isinstance(exc, BadImageError):
+        text += f"; after replacing it, {hint.removeprefix('then ')}"
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -391,15 +462,36 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except _user_errors() as exc:
-        print(f"supercm: error: {_one_line(exc)}", file=sys.stderr)
+        _report(f"supercm: error: {_one_line(exc)}")
         return 2
-    except KeyboardInterrupt:
-        print("supercm: interrupted (the last checkpoint is intact; continue with --resume)", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        hint = getattr(exc, "supercm_resume", None)
+        print(f"supercm: interrupted; {hint.removeprefix('then ')}" if hint
+              else "supercm: interrupted (the last checkpoint is intact; continue with --resume)", file=sys.stderr)
         return 130
     except Exception as exc:  # a bug: still one line, and how to get the details
-        print(f"supercm: internal error: {type(exc).__name__}: {_one_line(exc)} "
-              f"(run again with --debug for the traceback, and please report it)", file=sys.stderr)
+        _report(f"supercm: internal error: {type(exc).__name__}: {_one_line(exc)} "
+                f"(run again with --debug for the traceback, and please report it)")
         return 1
+
+
+def _report(line: str) -> None:
+    """Print the error line; under torchrun only rank 0 prints it (every rank meets the same config and
+    data), and each rank leaves it in torchrun's error file, so torchrun's failure summary shows
+    supercm's line for that rank (an error only one rank meets is not lost)."""
+    rank = _rank()
+    if rank is None or rank == 0:
+        print(line, file=sys.stderr)
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if rank is not None and path:
+        import time
+
+        text = line if rank == 0 else f"{line} (rank {rank})"
+        try:
+            Path(path).write_text(json.dumps({"message": {"message": text, "extraInfo": {
+                "py_callstack": text, "timestamp": str(int(time.time()))}}}))
+        except OSError:
+            pass
 
 
 if __name__ == "__main__":
