@@ -159,8 +159,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
             print(json.dumps(result.to_dict(), indent=2))
     except BaseException as exc:
         leave(trainer, clean=False)  # a data-parallel run leaves its process group on error too
-        if trainer is not None:
-            _attach_resume_hint(exc, trainer.run_dir)
+        if rank == 0:
+            _attach_resume_hint(exc, trainer.run_dir if trainer is not None else (args.resume or args.run_dir))
         raise
     leave(trainer)
     return 0
@@ -171,12 +171,10 @@ def _attach_resume_hint(exc: BaseException, run_dir: Path | None) -> None:
     again (a message must not promise a checkpoint that was never written)."""
     from .train import CHECKPOINT
 
-    if run_dir is None:  # data-parallel ranks other than 0 write nothing; rank 0 says it
-        return
-    if (Path(run_dir) / CHECKPOINT).is_file():
+    if run_dir is not None and (Path(run_dir) / CHECKPOINT).is_file():
         hint = f"continue the run with 'supercm train --resume {run_dir}' (its last checkpoint is intact)"
     else:
-        hint = f"then start the run again (it stopped before writing its first checkpoint in {run_dir})"
+        hint = "then start the run again (it stopped before writing its first checkpoint)"
     try:
         exc.supercm_resume = hint
     except AttributeError:

@@ -44,7 +44,8 @@ def load_failure_reason(exc: BaseException) -> str:
     if "Weights only load failed" in text or "weights_only" in text:
         return ("it holds Python objects besides tensors, numbers and containers, which are never loaded "
                 "(a crafted file, or one saved by other code); save a plain state dict of tensors")
-    if "central directory" in text or "PytorchStreamReader" in text or "zip archive" in text:
+    if ("central directory" in text or "PytorchStreamReader" in text or "zip archive" in text
+            or (isinstance(exc, OSError) and exc.errno in (None, 22))):  # 22: EINVAL, a seek past a cut end
         return "it is truncated or corrupt (not a complete torch.save archive)"
     if isinstance(exc, KeyError) or "invalid load key" in text or isinstance(exc, UnicodeDecodeError):
         return "it is not a file written by torch.save"
