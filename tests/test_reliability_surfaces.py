@@ -481,6 +481,7 @@ def _alive(pid: int) -> bool:
 def test_a_killed_sweep_takes_its_worker_with_it(tmp_path):
     proc = subprocess.Popen(_sweep_args(tmp_path, 1, 100000), env=ENV, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
+    workers: list[int] = []
     try:
         deadline = time.time() + 120
         while not (tmp_path / "runs" / "optdigits-to-mnist10k-source_only-seed0" / "checkpoint.pt").exists():
@@ -494,10 +495,13 @@ def test_a_killed_sweep_takes_its_worker_with_it(tmp_path):
         while any(_alive(w) for w in workers) and time.time() < deadline:
             time.sleep(0.2)
         assert not any(_alive(w) for w in workers), "a worker outlived its killed sweep"
-    finally:
+    finally:  # whatever happened, no process of this test lives on
         proc.kill()
-        for w in _children(proc.pid):
-            os.kill(w, signal.SIGKILL)
+        for w in {*workers, *_children(proc.pid)}:
+            try:
+                os.kill(w, signal.SIGKILL)
+            except OSError:
+                pass
 
 
 def test_a_rerun_skips_a_directory_a_live_process_holds_and_runs_the_rest(tmp_path):
