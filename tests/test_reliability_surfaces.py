@@ -105,6 +105,15 @@ def _best_model(payload):
     return setup
 
 
+def _damaged(name: str, payload: bytes, command: str):
+    def setup(tmp, runs):
+        run = _copy_run(runs["ssl"], tmp)
+        (run / name).write_bytes(payload)
+        return [command, str(run), *(["--out", str(tmp / "p"), "--no-tsne"] if command == "plot" else [])]
+
+    return setup
+
+
 def _crafted(_: bytes) -> bytes:
     import io
     import pickle
@@ -166,6 +175,14 @@ CATALOGUE = [
     ("results-seed-null", _results(ROW % "null"), "r.jsonl:1: 'seed' must be a whole number, got None"),
     ("results-row-a-list", _results("[1, 2]\n"), "r.jsonl:1 is not a JSON object"),
     ("results-group-by-unknown", _results(ROW % 0, "--group-by", "methd"), "r.jsonl:1 has no field 'methd' to group by"),
+    # ---- run directories read by compare / plot / pad: the damaged file named
+    ("compare-summary-truncated", _damaged("summary.json", b'{"best_iteration": 3, "best_v', "compare"),
+     "summary.json is not valid JSON (cut short?)"),
+    ("compare-summary-a-list", _damaged("summary.json", b"[1, 2]\n", "compare"), "summary.json is not a run's summary"),
+    ("compare-config-invalid", _damaged("config.yaml", b"data: [x\n", "compare"), "config.yaml' is not valid YAML"),
+    ("compare-config-a-list", _damaged("config.yaml", b"- a\n", "compare"), "must hold a mapping at the top level"),
+    ("pad-config-a-list", _damaged("config.yaml", b"- a\n", "pad"), "must hold a mapping at the top level"),
+    ("plot-config-invalid", _damaged("config.yaml", b"data: [x\n", "plot"), "config.yaml' is not valid YAML"),
     # ---- weights files torch cannot read: one line naming the file, never torch's unsafe advice
     ("best-model-truncated", _best_model(lambda b: b[: len(b) // 2]), "best_model.pt cannot be read as SuperCM weights: "
                                                                         "it is truncated or corrupt"),
@@ -230,7 +247,7 @@ def test_bad_input_is_one_line(name, setup, expected, tmp_path, ssl_run, folders
 
 
 def test_the_catalogue_covers_every_class():
-    assert len(CATALOGUE) >= 28
+    assert len(CATALOGUE) >= 35
 
 
 # --------------------------------------------------------------------------- runs on own folders
@@ -443,6 +460,16 @@ def test_a_trial_left_running_by_a_killed_tune_is_failed_and_resumed(tmp_path, c
     assert study.trials[1].params == study.trials[0].params and study.trials[1].user_attrs["run_dir"] == str(run_dir)
     assert json.loads((run_dir / "summary.json").read_text())["iterations"] == 6  # resumed to the end
     assert not (out / "trial-0001").exists()
+
+
+def test_a_study_whose_every_trial_diverged_says_so(tmp_path, capsys):
+    pytest.importorskip("optuna")
+    capsys.readouterr()
+    rc = main(["tune", DIGITS_YAML, *SSL_FAST, "optim.lr=1e20", "--trials", "2", "--out", str(tmp_path / "t")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Record does not exist" not in err
+    assert err.strip().splitlines()[-1].startswith("supercm: error: no trial of study 'supercm' finished with a "
+                                                   "validation accuracy (2 failed"), err
 
 
 # --------------------------------------------------------------------------- the benchmark sweep

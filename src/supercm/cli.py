@@ -268,10 +268,12 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     from .analysis.plot import curves_figure, tsne_figure
     from .analysis.runs import load_run
 
+    runs = [load_run(d, data_root=args.data_root) for d in args.run_dirs]  # a bad run: refused, nothing written
+    datasets = {r.data.name for r in runs}
+    if not args.no_tsne and len(datasets) > 1:
+        raise ValueError(f"t-SNE panels compare runs on one dataset; these runs use {', '.join(sorted(datasets))}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    runs = [load_run(d, data_root=args.data_root) for d in args.run_dirs]
-    datasets = {r.data.name for r in runs}
     written = [curves_figure(args.run_dirs, out / "curves.png")]
     if not args.no_tsne:
         if len(datasets) > 1:

@@ -154,10 +154,21 @@ def run_record(run_dir: str | Path) -> Record:
         raise FileNotFoundError(f"{run_dir} is not a run directory (no config.yaml)")
     if not summary_path.is_file():
         raise FileNotFoundError(f"{run_dir} has not finished (no summary.json)")
-    flat = _flatten(yaml.safe_load(cfg_path.read_text()) or {})
-    seed = int(flat.get("train.seed", 0))
+    from ..config import read_yaml_file
+
+    flat = _flatten(read_yaml_file(cfg_path) or {})  # a damaged file is one line naming it
+    seed = flat.get("train.seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"{cfg_path}: train.seed must be a whole number, got {seed!r}")
     group = tuple(sorted((k, _freeze(v)) for k, v in flat.items() if k not in IGNORED_KEYS))
-    return Record(group, seed, json.loads(summary_path.read_text()), str(run_dir))
+    try:
+        summary = json.loads(summary_path.read_text())
+    except (ValueError, UnicodeDecodeError):
+        raise ValueError(f"{summary_path} is not valid JSON (cut short?); train the run to its end again with "
+                         f"'supercm train --resume {run_dir}'") from None
+    if not isinstance(summary, dict):
+        raise ValueError(f"{summary_path} is not a run's summary (a JSON object)")
+    return Record(group, seed, summary, str(run_dir))
 
 
 def results_records(path: str | Path, group_by: Iterable[str] | None = None) -> list[Record]:

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import yaml
 from torch import Tensor, nn
 
 from ..cm import ClusteringModule
@@ -56,10 +55,12 @@ def build_model(cfg: Config, data: ArrayDataset) -> CMClassifier:
 
 
 def read_config(run_dir: str | Path) -> Config:
+    from ..config import read_yaml_file
+
     path = Path(run_dir) / CONFIG
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir} is not a run directory (no {CONFIG})")
-    return from_dict(yaml.safe_load(path.read_text()))
+    return from_dict(read_yaml_file(path) or {})  # a damaged file is one line naming it
 
 
 def load_run(run_dir: str | Path, *, data_root: str | None = None, which: str = "best") -> LoadedRun:

@@ -181,6 +181,13 @@ def tune(
         log(f"study {study_name!r} in {url}: {_finished(study)} finished trials, running {todo} more")
         # A diverging trial (NaN loss at a large β) fails alone; the search goes on.
         study.optimize(objective, n_trials=todo, catch=(FloatingPointError,))
+    from optuna.trial import TrialState
+
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        failed = len(study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))
+        raise ValueError(f"no trial of study {study_name!r} finished with a validation accuracy ({failed} failed, "
+                         f"{_finished(study)} pruned or done); see the trials' messages above (a diverging run: lower "
+                         f"optim.lr or the searched range of cm.beta), then run the same command again")
     best = study.best_trial
     best_cfg = cfg.replace(**best.params)
     cfg_path = out / "best.yaml"

@@ -506,8 +506,9 @@ def decode_noted(path: Path, size: int) -> tuple[np.ndarray, str | None]:
     * transparency (``RGBA``, ``LA``, ``PA``, a palette or grey image with a transparent colour): the
       image composited on white, with a note when a pixel is not opaque (an opaque alpha is dropped);
     * several frames (animated GIF/WebP, multi-page TIFF): the first, with a note;
-    * a mode Pillow cannot bring to RGB (``LAB``, ``HSV``, ...): the file is a bad image, reported by
-      path (``data.options.bad_images``).
+    * ``LAB``, ``HSV``: Pillow's colour conversion to RGB, no note;
+    * a mode Pillow cannot bring to RGB: the file is a bad image, reported by path
+      (``data.options.bad_images``).
     """
     from PIL import Image, ImageOps
 
