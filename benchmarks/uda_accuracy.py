@@ -19,7 +19,10 @@ reported under the three selection rules the trainer records, named in every tab
 * **oracle**: the iterate with the best *target test* accuracy. It selects on the test set — what
   the field's common code reports — so it is an upper bound, never a result.
 
-Finished runs are appended to ``--out`` (JSON lines) at once; a rerun skips them. The table
+Finished runs are appended to ``--out`` (JSON lines) at once; a rerun skips them. A killed sweep
+takes its worker processes with it (``supercm.lifeline``); a rerun continues each killed run from its
+last checkpoint, skips (one line each) a run directory another live process holds, and runs the rest;
+a run that fails is one line and the others go on (the exit status says the table is incomplete). The table
 (mean ± std over seeds, paired gain of + SuperCM with its paired t-test p-value) is written
 beside it as Markdown.
 """
