@@ -588,3 +588,12 @@ def test_a_terminated_training_says_so_and_how_to_go_on(tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGTERM  # still dies by the signal
     assert f"supercm: training terminated by SIGTERM; continue with 'supercm train --resume {run}'" in err, err
+
+
+def test_a_crafted_preprocessing_cache_is_recomputed_without_torchs_unsafe_advice(tmp_path):
+    from supercm.data.torchvision_sets import _read_cache
+
+    (tmp_path / "c.pt").write_bytes(_crafted(b""))
+    with pytest.warns(UserWarning, match="holds Python objects") as caught:
+        assert _read_cache(tmp_path / "c.pt", 2, 2) is None
+    assert not any("weights_only" in str(w.message) for w in caught)

@@ -105,8 +105,11 @@ def _warn_if_not_the_reported_model(run_dir: Path, name: str, iteration: int) ->
     summary = run_dir / "summary.json"
     if name != BEST_MODEL or not summary.is_file():
         return
-    best = json.loads(summary.read_text()).get("best_iteration")
-    if best is not None and int(best) != iteration:
+    try:
+        best = json.loads(summary.read_text()).get("best_iteration")
+    except (ValueError, AttributeError, OSError):  # a damaged summary: nothing to compare with
+        return
+    if isinstance(best, int) and best != iteration:
         warnings.warn(f"{run_dir}: {BEST_MODEL} holds iteration {iteration} but summary.json reports the best "
                       f"validation accuracy at iteration {best}", stacklevel=3)
 
