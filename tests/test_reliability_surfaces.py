@@ -281,6 +281,15 @@ def test_compare_groups_the_projects_own_results_file_by_configuration(tmp_path,
     assert "oracle" not in "".join(table) and "rules" not in "".join(table)
 
 
+@pytest.mark.parametrize("path", sorted((ROOT / "benchmarks" / "results").glob("*.jsonl")), ids=lambda p: p.name)
+def test_every_results_file_of_the_project_groups_its_seeds(path, capsys):
+    """Each shipped results file has several seeds per configuration: no group of one may appear."""
+    capsys.readouterr()
+    assert main(["compare", "--results", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "hold a single run" not in out, out
+
+
 def test_a_group_of_one_run_is_said_not_shown_as_mean_and_std(tmp_path, capsys):
     rows = [{"method": "a", "seed": s, "test_accuracy_at_best_val": 0.5 + s / 10} for s in range(3)]
     rows.append({"method": "b", "seed": 0, "test_accuracy_at_best_val": 0.7})
