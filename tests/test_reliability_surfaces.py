@@ -606,3 +606,9 @@ def test_a_crafted_preprocessing_cache_is_recomputed_without_torchs_unsafe_advic
     with pytest.warns(UserWarning, match="holds Python objects") as caught:
         assert _read_cache(tmp_path / "c.pt", 2, 2) is None
     assert not any("weights_only" in str(w.message) for w in caught)
+
+
+def test_train_from_python_puts_the_callers_sigterm_handler_back(tmp_path):
+    before = signal.getsignal(signal.SIGTERM)
+    assert main(["train", DIGITS_YAML, *SSL_FAST, "--run-dir", str(tmp_path / "run")]) == 0
+    assert signal.getsignal(signal.SIGTERM) is before

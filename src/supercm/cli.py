@@ -120,14 +120,15 @@ def _on_sigterm(signum, frame) -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _watch_sigterm() -> None:
+def _watch_sigterm():
+    """Install the SIGTERM line for this training; returns the handler to put back after it (None: none set)."""
     import signal
 
-    _TRAINING["pid"] = os.getpid()
+    _TRAINING.update(pid=os.getpid(), run_dir=None)
     try:
-        signal.signal(signal.SIGTERM, _on_sigterm)
+        return signal.signal(signal.SIGTERM, _on_sigterm)
     except ValueError:  # not the main thread (main() called from a thread): leave the default
-        pass
+        return None
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -146,24 +147,30 @@ def _cmd_train(args: argparse.Namespace) -> int:
         cfg = load_config(args.config, args.overrides)
     from .distributed import leave
 
-    _watch_sigterm()
-    rank = _init_distributed(cfg)
-    trainer = None
+    previous = _watch_sigterm()
     try:
-        trainer = _build_trainer(args, cfg, rank)
-        _TRAINING["run_dir"] = trainer.run_dir
-        if rank == 0:
-            print(f"run directory: {trainer.run_dir}", file=sys.stderr)
-        result = trainer.fit()
-        if rank == 0:
-            print(json.dumps(result.to_dict(), indent=2))
-    except BaseException as exc:
-        leave(trainer, clean=False)  # a data-parallel run leaves its process group on error too
-        if rank == 0:
-            _attach_resume_hint(exc, trainer.run_dir if trainer is not None else (args.resume or args.run_dir))
-        raise
-    leave(trainer)
-    return 0
+        rank = _init_distributed(cfg)
+        trainer = None
+        try:
+            trainer = _build_trainer(args, cfg, rank)
+            _TRAINING["run_dir"] = trainer.run_dir
+            if rank == 0:
+                print(f"run directory: {trainer.run_dir}", file=sys.stderr)
+            result = trainer.fit()
+            if rank == 0:
+                print(json.dumps(result.to_dict(), indent=2))
+        except BaseException as exc:
+            leave(trainer, clean=False)  # a data-parallel run leaves its process group on error too
+            if rank == 0:
+                _attach_resume_hint(exc, trainer.run_dir if trainer is not None else (args.resume or args.run_dir))
+            raise
+        leave(trainer)
+        return 0
+    finally:  # main() called from Python (tests, notebooks): the caller's SIGTERM handling comes back
+        if previous is not None:
+            import signal
+
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _attach_resume_hint(exc: BaseException, run_dir: Path | None) -> None:
