@@ -59,12 +59,18 @@ def run(variant: str, seed: int, beta: float, iterations: int | None) -> dict:
     return {"variant": variant, "seed": seed, **r.to_dict()}
 
 
+def positive_int(text: str) -> int:
+    from supercm.cli import _positive_int  # ≥ 1, or argparse's one-line usage error
+
+    return _positive_int(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--seeds", type=positive_int, default=5)
     ap.add_argument("--beta", type=float, default=1.0)
     ap.add_argument("--iterations", type=int)
-    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--workers", type=positive_int, default=os.cpu_count() or 1)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "centroid_ablation.json"))
     args = ap.parse_args(argv)
 

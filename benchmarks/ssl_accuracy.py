@@ -95,14 +95,20 @@ def table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def positive_int(text: str) -> int:
+    from supercm.cli import _positive_int  # ≥ 1, or argparse's one-line usage error
+
+    return _positive_int(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--datasets", nargs="+", default=["mnist10k", "fashion_mnist"])
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--seeds", type=positive_int, default=3)
     ap.add_argument("--arms", nargs="+", default=["base", "cm"], choices=["base", "cm"])
     ap.add_argument("--data-root", help="data root holding the fetched datasets (supercm fetch-data all)")
-    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--workers", type=positive_int, default=os.cpu_count() or 1)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "ssl_accuracy.jsonl"))
     ap.add_argument("overrides", nargs="*", help="extra key=value config overrides for every run")
     args = ap.parse_args(argv)

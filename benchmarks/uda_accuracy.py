@@ -165,16 +165,22 @@ def _benchmark_averages(records: list[dict], rule: str, methods: list[str]) -> l
     return rows
 
 
+def positive_int(text: str) -> int:
+    from supercm.cli import _positive_int  # ≥ 1, or argparse's one-line usage error
+
+    return _positive_int(text)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pairs", nargs="+", default=None, choices=PAIRS)
     ap.add_argument("--benchmark", choices=BENCHMARKS, help="every task of an Office benchmark (instead of --pairs)")
     ap.add_argument("--run-root", help="keep each run in its own folder here (resumable); default: in memory")
     ap.add_argument("--methods", nargs="+", default=list(METHODS[:4]), choices=METHODS)
-    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--seeds", type=positive_int, default=3)
     ap.add_argument("--arms", nargs="+", default=["base", "cm"], choices=["base", "cm"])
     ap.add_argument("--data-root", help="data root holding the fetched datasets (supercm fetch-data all)")
-    ap.add_argument("--workers", type=int, default=None, help="parallel runs (default: CPU count; 1 with --benchmark)")
+    ap.add_argument("--workers", type=positive_int, default=None, help="parallel runs (default: CPU count; 1 with --benchmark)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "uda_accuracy.jsonl"))
     ap.add_argument("overrides", nargs="*", help="extra key=value config overrides for every run")
     a = ap.parse_args()

@@ -612,3 +612,11 @@ def test_train_from_python_puts_the_callers_sigterm_handler_back(tmp_path):
     before = signal.getsignal(signal.SIGTERM)
     assert main(["train", DIGITS_YAML, *SSL_FAST, "--run-dir", str(tmp_path / "run")]) == 0
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+@pytest.mark.parametrize("script,arg", [("uda_accuracy.py", "--workers=0"), ("ssl_accuracy.py", "--seeds=-1")])
+def test_sweep_counts_below_one_are_a_usage_line(script, arg):
+    res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), arg], env=ENV, capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    assert res.stderr.strip().splitlines()[-1].endswith("must be ≥ 1, got " + arg.split("=")[1])
