@@ -174,6 +174,7 @@ CATALOGUE = [
     ("results-seed-float", _results(ROW % "1.5"), "r.jsonl:1: 'seed' must be a whole number, got 1.5"),
     ("results-seed-null", _results(ROW % "null"), "r.jsonl:1: 'seed' must be a whole number, got None"),
     ("results-row-a-list", _results("[1, 2]\n"), "r.jsonl:1 is not a JSON object"),
+    ("results-a-folder", lambda tmp, runs: ["compare", "--results", str(tmp)], "is a folder; give a JSON-lines file"),
     ("results-group-by-unknown", _results(ROW % 0, "--group-by", "methd"), "r.jsonl:1 has no field 'methd' to group by"),
     # ---- run directories read by compare / plot / pad: the damaged file named
     ("compare-summary-truncated", _damaged("summary.json", b'{"best_iteration": 3, "best_v', "compare"),

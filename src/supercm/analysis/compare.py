@@ -175,6 +175,8 @@ def results_records(path: str | Path, group_by: Iterable[str] | None = None) -> 
     """Rows of a JSON-lines results file (e.g. benchmarks/results/ssl_accuracy.jsonl). A row's group is
     its ``group_by`` fields (default: every field but ``seed`` and the :data:`RESULT_FIELDS`)."""
     p = Path(path)
+    if p.is_dir():
+        raise ValueError(f"results file {str(p)!r} is a folder; give a JSON-lines file (one run per line)")
     if not p.is_file():
         raise FileNotFoundError(f"results file {str(p)!r} does not exist")
     records = []
