@@ -36,8 +36,12 @@ VARIANTS = {
 DEFAULT = "paper rule, reused features (default)"
 
 
-def _init() -> None:
+def _init(parent: int | None = None) -> None:
     import torch
+
+    from supercm.lifeline import die_with_parent
+
+    die_with_parent(parent)  # a killed sweep takes its workers with it
 
     torch.set_num_threads(1)
 
@@ -55,18 +59,24 @@ def run(variant: str, seed: int, beta: float, iterations: int | None) -> dict:
     return {"variant": variant, "seed": seed, **r.to_dict()}
 
 
+def positive_int(text: str) -> int:
+    from supercm.cli import _positive_int  # ≥ 1, or argparse's one-line usage error
+
+    return _positive_int(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--seeds", type=positive_int, default=5)
     ap.add_argument("--beta", type=float, default=1.0)
     ap.add_argument("--iterations", type=int)
-    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--workers", type=positive_int, default=os.cpu_count() or 1)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "centroid_ablation.json"))
     args = ap.parse_args(argv)
 
     jobs = [(v, s, args.beta, args.iterations) for s in range(args.seeds) for v in VARIANTS]
     rows = []
-    with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init) as pool:
+    with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init, initargs=(os.getpid(),)) as pool:
         for fut in as_completed([pool.submit(run, *j) for j in jobs]):
             rows.append(fut.result())
     by = {v: {r["seed"]: r for r in rows if r["variant"] == v} for v in VARIANTS}

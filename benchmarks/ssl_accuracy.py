@@ -33,8 +33,12 @@ def config_path(dataset: str, method: str, cm: bool) -> Path:
     return ROOT / "configs" / "cpu" / f"{dataset}-{method}{'-cm' if cm else ''}.yaml"
 
 
-def _init_worker() -> None:
+def _init_worker(parent: int | None = None) -> None:
     import torch
+
+    from supercm.lifeline import die_with_parent
+
+    die_with_parent(parent)  # a killed sweep takes its workers with it
 
     torch.set_num_threads(1)  # one process per core is faster than threads for these small models
 
@@ -91,14 +95,20 @@ def table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def positive_int(text: str) -> int:
+    from supercm.cli import _positive_int  # ≥ 1, or argparse's one-line usage error
+
+    return _positive_int(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--datasets", nargs="+", default=["mnist10k", "fashion_mnist"])
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--seeds", type=positive_int, default=3)
     ap.add_argument("--arms", nargs="+", default=["base", "cm"], choices=["base", "cm"])
     ap.add_argument("--data-root", help="data root holding the fetched datasets (supercm fetch-data all)")
-    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--workers", type=positive_int, default=os.cpu_count() or 1)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "ssl_accuracy.jsonl"))
     ap.add_argument("overrides", nargs="*", help="extra key=value config overrides for every run")
     args = ap.parse_args(argv)
@@ -120,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
                     raise SystemExit(f"no config {config_path(d, m, arm == 'cm')}; run configs/generate.py")
     print(f"{len(done)} runs already in {out}; {len(jobs)} to go with {args.workers} workers", file=sys.stderr)
     t0 = time.perf_counter()
-    with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker) as pool:
+    with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker, initargs=(os.getpid(),)) as pool:
         futures = {pool.submit(run_one, *job): job for job in jobs}
         for i, fut in enumerate(as_completed(futures), 1):
             r = fut.result()

@@ -19,7 +19,10 @@ reported under the three selection rules the trainer records, named in every tab
 * **oracle**: the iterate with the best *target test* accuracy. It selects on the test set — what
   the field's common code reports — so it is an upper bound, never a result.
 
-Finished runs are appended to ``--out`` (JSON lines) at once; a rerun skips them. The table
+Finished runs are appended to ``--out`` (JSON lines) at once; a rerun skips them. A killed sweep
+takes its worker processes with it (``supercm.lifeline``); a rerun continues each killed run from its
+last checkpoint, skips (one line each) a run directory another live process holds, and runs the rest;
+a run that fails is one line and the others go on (the exit status says the table is incomplete). The table
 (mean ± std over seeds, paired gain of + SuperCM with its paired t-test p-value) is written
 beside it as Markdown.
 """
@@ -51,8 +54,12 @@ def config_path(pair: str, method: str, cm: bool) -> Path:
     return ROOT / "configs" / "uda" / f"{pair}-{method}{'-cm' if cm else ''}.yaml"
 
 
-def _init_worker() -> None:
+def _init_worker(parent: int | None = None) -> None:
     import torch
+
+    from supercm.lifeline import die_with_parent
+
+    die_with_parent(parent)  # a killed sweep takes its workers with it: none lives on holding a run directory
 
     torch.set_num_threads(1)
 
@@ -64,7 +71,7 @@ def run_one(pair: str, method: str, cm: bool, seed: int, overrides: list[str], r
     path = config_path(pair, method, cm)
     cfg = load_config(path, [*overrides, f"train.seed={seed}", "train.progress=false", "train.tensorboard=false"])
     t0 = time.perf_counter()
-    run_dir = None if run_root is None else Path(run_root) / f"{pair}-{method}{'-cm' if cm else ''}-seed{seed}"
+    run_dir = None if run_root is None else Path(run_root) / _name(pair, method, cm, seed)
     if run_dir is not None and (run_dir / CHECKPOINT).exists():
         result = Trainer.resume(run_dir).fit()  # a killed run continues from its last checkpoint
     else:
@@ -72,6 +79,30 @@ def run_one(pair: str, method: str, cm: bool, seed: int, overrides: list[str], r
     return {"pair": pair, "method": method, "cm": cm, "seed": seed, "config": str(path.relative_to(ROOT)),
             "overrides": overrides, "beta": cfg.cm.beta, "iterations": cfg.train.iterations,
             **result.to_dict(), "rules": result.selection_rules(), "wall_seconds": time.perf_counter() - t0}
+
+
+def _name(pair: str, method: str, cm: bool, seed: int) -> str:
+    return f"{pair}-{method}{'-cm' if cm else ''}-seed{seed}"
+
+
+def _skip_held(todo: list[tuple], run_root: str | None) -> list[tuple]:
+    """``todo`` without the runs whose directory another live process holds (a sweep still running,
+    or a run started by hand): one line each; they are done by a rerun once that process has ended."""
+    from supercm.fileio import lock_holder
+    from supercm.train import LOCK
+
+    if run_root is None:
+        return todo
+    keep = []
+    for t in todo:
+        run_dir = Path(run_root) / _name(*t)
+        holder = lock_holder(run_dir / LOCK)
+        if holder is None:
+            keep.append(t)
+        else:
+            print(f"skipping {run_dir}: in use by process {holder} (another sweep or run); rerun this command "
+                  f"after it ends to include it", file=sys.stderr)
+    return keep
 
 
 def _key(r: dict) -> tuple:
@@ -95,7 +126,8 @@ def table(records: list[dict]) -> str:
         for pair in pairs:
             for method in methods:
                 arms = {cm: {r["seed"]: r["rules"][rule] for r in records
-                             if r["pair"] == pair and r["method"] == method and r["cm"] == cm}
+                             if r["pair"] == pair and r["method"] == method and r["cm"] == cm
+                             and r["rules"].get(rule) is not None}
                         for cm in (False, True)}
                 if not arms[False] and not arms[True]:
                     continue
@@ -124,7 +156,7 @@ def _benchmark_averages(records: list[dict], rule: str, methods: list[str]) -> l
             means = {}
             for cm in (False, True):
                 per_task = [[r["rules"][rule] for r in records if r["pair"] == t and r["method"] == method
-                             and r["cm"] == cm and r["rules"][rule] is not None] for t in tasks]
+                             and r["cm"] == cm and r["rules"].get(rule) is not None] for t in tasks]
                 if tasks and all(per_task):
                     means[cm] = statistics.fmean(statistics.fmean(v) for v in per_task)
             if len(means) == 2:
@@ -133,16 +165,22 @@ def _benchmark_averages(records: list[dict], rule: str, methods: list[str]) -> l
     return rows
 
 
+def positive_int(text: str) -> int:
+    from supercm.cli import _positive_int  # ≥ 1, or argparse's one-line usage error
+
+    return _positive_int(text)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pairs", nargs="+", default=None, choices=PAIRS)
     ap.add_argument("--benchmark", choices=BENCHMARKS, help="every task of an Office benchmark (instead of --pairs)")
     ap.add_argument("--run-root", help="keep each run in its own folder here (resumable); default: in memory")
     ap.add_argument("--methods", nargs="+", default=list(METHODS[:4]), choices=METHODS)
-    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--seeds", type=positive_int, default=3)
     ap.add_argument("--arms", nargs="+", default=["base", "cm"], choices=["base", "cm"])
     ap.add_argument("--data-root", help="data root holding the fetched datasets (supercm fetch-data all)")
-    ap.add_argument("--workers", type=int, default=None, help="parallel runs (default: CPU count; 1 with --benchmark)")
+    ap.add_argument("--workers", type=positive_int, default=None, help="parallel runs (default: CPU count; 1 with --benchmark)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "uda_accuracy.jsonl"))
     ap.add_argument("overrides", nargs="*", help="extra key=value config overrides for every run")
     a = ap.parse_args()
@@ -156,11 +194,19 @@ def main() -> None:
     todo = [(p, m, cm, s) for p in a.pairs for m in a.methods for cm in [arm == "cm" for arm in a.arms]
             for s in range(a.seeds) if (p, m, cm, s, tuple(overrides)) not in done]
     print(f"{len(done)} runs already in {out}; {len(todo)} to go with {a.workers} workers", file=sys.stderr)
+    kept = _skip_held(todo, a.run_root)
+    todo, failed = kept, len(todo) - len(kept)
     ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(a.workers, mp_context=ctx, initializer=_init_worker) as pool:
-        futures = [pool.submit(run_one, *t, overrides, a.run_root) for t in todo]
+    with ProcessPoolExecutor(a.workers, mp_context=ctx, initializer=_init_worker, initargs=(os.getpid(),)) as pool:
+        futures = {pool.submit(run_one, *t, overrides, a.run_root): t for t in todo}
         for f in as_completed(futures):
-            r = f.result()
+            try:
+                r = f.result()
+            except Exception as exc:  # one run's failure is one line; the others go on
+                failed += 1
+                print(f"{_name(*futures[f])}: {'skipped' if 'is in use' in str(exc) else 'failed'}: "
+                      f"{' '.join(str(exc).split()) or type(exc).__name__}", file=sys.stderr)
+                continue
             with out.open("a") as fh:
                 fh.write(json.dumps(r) + "\n")
             val = r["rules"]["best_validation"]
@@ -171,6 +217,8 @@ def main() -> None:
     md = table(records)
     out.with_suffix(".md").write_text(md + "\n")
     print(md)
+    if failed:
+        sys.exit(f"{failed} run(s) skipped or failed (above); rerun the same command to do them")
 
 
 if __name__ == "__main__":

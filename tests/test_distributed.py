@@ -400,13 +400,15 @@ def test_a_divergence_on_one_rank_stops_every_rank(tmp_path):
 
 
 def test_torchrun_stops_a_diverged_run_with_the_one_line_error_on_every_rank(tmp_path):
-    """Under torchrun a run whose loss becomes NaN stops on every rank with the one-line error and
-    exit status 2, and leaves the process group on the error path too (no abort at exit)."""
+    """Under torchrun a run whose loss becomes NaN stops on every rank with exit status 2, rank 0
+    printing the one-line error once (issue 19), and leaves the process group on the error path too
+    (no abort at exit)."""
     res = _torchrun(*CLI_RUN, "optim.lr=1e20", "--run-dir", str(tmp_path / "ddp"))
     import re
 
     assert res.returncode != 0
-    assert "supercm: error: loss became nan at iteration" in res.stderr, res.stderr[-3000:]
+    printed = [line for line in res.stderr.splitlines() if line.startswith("supercm: error:")]
+    assert len(printed) == 1 and "loss became nan at iteration" in printed[0], res.stderr[-3000:]
     assert "terminate called" not in res.stderr, res.stderr[-3000:]
     # torchrun's summary: every rank that ended by itself ended with the error's status 2 (one may
     # have been stopped by torchrun, SIGTERM, once the other failed), none with an abort (-6).

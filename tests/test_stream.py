@@ -137,10 +137,25 @@ def test_a_file_that_cannot_be_decoded_stops_the_run_by_path_and_the_run_resumes
     good = bad.read_bytes()
     truncate(bad)
     trainer = quiet(Trainer, cfg, tmp_path / "run")  # nothing is decoded ahead of time
-    with pytest.raises(BadImageError, match=r"cat3\.png.*--resume"):
+    # The store does not know whether a checkpoint exists: ``supercm train`` adds how to go on
+    # (test_reliability_surfaces: resume only when a checkpoint was written).
+    with pytest.raises(BadImageError, match=r"cat3\.png.*replace the file"):
         quiet(trainer.fit)
     stopped_at = torch.load(tmp_path / "run" / CHECKPOINT, weights_only=True)["iteration"]
     assert stopped_at == 2
+    # Through the command line, the one-line error says how to go on: this run wrote a checkpoint.
+    from supercm.cli import main
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import contextlib
+        import io
+
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            assert main(["train", "--resume", str(tmp_path / "run")]) == 2
+    line = err.getvalue().strip().splitlines()[-1]
+    assert "cat3.png" in line and f"continue the run with 'supercm train --resume {tmp_path / 'run'}'" in line, line
     bad.write_bytes(good)  # the user replaces the file
     resumed = quiet(Trainer.resume, tmp_path / "run")
     assert quiet(resumed.fit).iterations == 8

@@ -86,6 +86,51 @@ def _init_distributed(cfg) -> int:
     return dist.get_rank()
 
 
+#: The run directory ``supercm train`` trains in (for the line printed when the process is terminated).
+_TRAINING: dict = {}
+
+
+def _rank() -> int | None:
+    """This process's rank under torchrun (WORLD_SIZE > 1), else None."""
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
+        return None
+    return int(os.environ.get("RANK", "0") or 0)
+
+
+def _on_sigterm(signum, frame) -> None:
+    """SIGTERM (torchrun stopping the ranks, a scheduler, ``kill``): one line, then the default action, so
+    the exit status still says SIGTERM. A forked child (a DataLoader worker) just takes the default."""
+    import signal
+
+    if os.getpid() == _TRAINING.get("pid"):
+        rank = _rank()
+        who = "training" if rank is None else f"rank {rank}"
+        run_dir = _TRAINING.get("run_dir")
+        hint = ""
+        if run_dir is not None:
+            from .train import CHECKPOINT
+
+            hint = (f"; continue with 'supercm train --resume {run_dir}' (its last checkpoint is intact)"
+                    if (Path(run_dir) / CHECKPOINT).is_file() else "; it had written no checkpoint yet")
+        try:
+            os.write(2, f"supercm: {who} terminated by SIGTERM{hint}\n".encode())
+        except OSError:
+            pass
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _watch_sigterm():
+    """Install the SIGTERM line for this training; returns the handler to put back after it (None: none set)."""
+    import signal
+
+    _TRAINING.update(pid=os.getpid(), run_dir=None)
+    try:
+        return signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread (main() called from a thread): leave the default
+        return None
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from .config import load_config
     from .rundir import read_run_config
@@ -102,20 +147,45 @@ def _cmd_train(args: argparse.Namespace) -> int:
         cfg = load_config(args.config, args.overrides)
     from .distributed import leave
 
-    rank = _init_distributed(cfg)
-    trainer = None
+    previous = _watch_sigterm()
     try:
-        trainer = _build_trainer(args, cfg, rank)
-        if rank == 0:
-            print(f"run directory: {trainer.run_dir}", file=sys.stderr)
-        result = trainer.fit()
-        if rank == 0:
-            print(json.dumps(result.to_dict(), indent=2))
-    except BaseException:
-        leave(trainer, clean=False)  # a data-parallel run leaves its process group on error too
-        raise
-    leave(trainer)
-    return 0
+        rank = _init_distributed(cfg)
+        trainer = None
+        try:
+            trainer = _build_trainer(args, cfg, rank)
+            _TRAINING["run_dir"] = trainer.run_dir
+            if rank == 0:
+                print(f"run directory: {trainer.run_dir}", file=sys.stderr)
+            result = trainer.fit()
+            if rank == 0:
+                print(json.dumps(result.to_dict(), indent=2))
+        except BaseException as exc:
+            leave(trainer, clean=False)  # a data-parallel run leaves its process group on error too
+            if rank == 0:
+                _attach_resume_hint(exc, trainer.run_dir if trainer is not None else (args.resume or args.run_dir))
+            raise
+        leave(trainer)
+        return 0
+    finally:  # main() called from Python (tests, notebooks): the caller's SIGTERM handling comes back
+        if previous is not None:
+            import signal
+
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _attach_resume_hint(exc: BaseException, run_dir: Path | None) -> None:
+    """How to go on after training stopped on ``exc``: resume when the run wrote a checkpoint, else start
+    again (a message must not promise a checkpoint that was never written)."""
+    from .train import CHECKPOINT
+
+    if run_dir is not None and (Path(run_dir) / CHECKPOINT).is_file():
+        hint = f"continue the run with 'supercm train --resume {run_dir}' (its last checkpoint is intact)"
+    else:
+        hint = "then start the run again (it stopped before writing its first checkpoint)"
+    try:
+        exc.supercm_resume = hint
+    except AttributeError:
+        pass
 
 
 def _build_trainer(args: argparse.Namespace, cfg, rank: int):
@@ -205,10 +275,12 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     from .analysis.plot import curves_figure, tsne_figure
     from .analysis.runs import load_run
 
+    runs = [load_run(d, data_root=args.data_root) for d in args.run_dirs]  # a bad run: refused, nothing written
+    datasets = {r.data.name for r in runs}
+    if not args.no_tsne and len(datasets) > 1:
+        raise ValueError(f"t-SNE panels compare runs on one dataset; these runs use {', '.join(sorted(datasets))}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    runs = [load_run(d, data_root=args.data_root) for d in args.run_dirs]
-    datasets = {r.data.name for r in runs}
     written = [curves_figure(args.run_dirs, out / "curves.png")]
     if not args.no_tsne:
         if len(datasets) > 1:
@@ -281,7 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="target domain: another dataset (vs the run's test set); default: the run's train vs test set")
     pa.add_argument("--resize", action="store_true", help="bring target images to the run's input shape")
     pa.add_argument("--data-root", help="data root (default: the run's data.root)")
-    pa.add_argument("--repeats", type=int, default=5, help="subsample/split repeats (default 5)")
+    pa.add_argument("--repeats", type=_positive_int, default=5, help="subsample/split repeats (default 5)")
     pa.add_argument("--seed", type=int, default=0)
     pa.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     pa.set_defaults(func=_cmd_pad)
@@ -292,7 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--group-by", metavar="KEYS", help="comma-separated fields that group the results file's rows")
     c.add_argument("--baseline", metavar="NAME", help="group name of the baseline (as printed in the table)")
     c.add_argument("--treatment", metavar="NAME", help="group name compared with the baseline, paired by seed")
-    c.add_argument("--confidence", type=float, default=0.95, help="bootstrap confidence level (default 0.95)")
+    c.add_argument("--confidence", type=_level, default=0.95, help="bootstrap confidence level (default 0.95)")
     c.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resampling")
     c.add_argument("--markdown", metavar="FILE", help="also write the Markdown report here")
     c.add_argument("--csv", metavar="FILE", help="also write the numbers as CSV here")
@@ -301,7 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plot", help="PNGs of runs: t-SNE of test features with centroids, learning curves")
     pl.add_argument("run_dirs", nargs="+", help="run directories, drawn side by side (e.g. CE and SuperCM)")
     pl.add_argument("--out", required=True, help="directory for tsne.png and curves.png")
-    pl.add_argument("--max-points", type=int, default=2000, help="test samples in the t-SNE (default 2000)")
+    pl.add_argument("--max-points", type=_positive_int, default=2000, help="test samples in the t-SNE (default 2000)")
     pl.add_argument("--layer", choices=("features", "logits"), default="features")
     pl.add_argument("--seed", type=int, default=0, help="seed of the subsample and of t-SNE")
     pl.add_argument("--no-tsne", action="store_true", help="learning curves only")
@@ -311,7 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     tu = sub.add_parser("tune", help="Bayesian optimisation (Optuna TPE) of β and δ on the validation split")
     tu.add_argument("config", help="YAML config file to start from")
     tu.add_argument("overrides", nargs="*", help="dotted overrides applied to every trial, e.g. train.iterations=300")
-    tu.add_argument("--trials", type=int, required=True, help="finished trials wanted in the study (a rerun adds the missing ones)")
+    tu.add_argument("--trials", type=_positive_int, required=True, help="finished trials wanted in the study (a rerun adds the missing ones)")
     tu.add_argument("--out", help="directory of the trial runs, the SQLite study and best.yaml (default runs/tune-<config>)")
     tu.add_argument("--storage", metavar="URL", help="Optuna storage URL (default sqlite:///OUT/study.db)")
     tu.add_argument("--study", default="supercm", metavar="NAME", help="study name in the storage (default supercm)")
@@ -334,6 +406,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _level(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1), e.g. 0.95; got {text!r}") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be a level in (0, 1), e.g. 0.95; got {text}")
+    return value
+
+
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Exception types a user can cause; each is reported as one line."""
     import pickle
@@ -352,8 +434,9 @@ def _one_line(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.errno is not None:
         where = f" ({exc.filename})" if exc.filename else ""
         if exc.errno == errno.ENOSPC:
-            return (f"no space left on device{where}; free some space, then continue the run with "
-                    f"'supercm train --resume RUN_DIR' (its last checkpoint is intact)")
+            hint = getattr(exc, "supercm_resume", None)
+            return (f"no space left on device{where}; free some space, "
+                    + (hint or "then continue the run with 'supercm train --resume RUN_DIR' (its last checkpoint is intact)"))
         if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
             return f"permission denied{where}: {os.strerror(exc.errno)}; choose a writable --run-dir or --root"
         if exc.errno == errno.ENOENT:
@@ -363,8 +446,13 @@ def _one_line(exc: BaseException) -> str:
         if exc.errno == errno.EISDIR:
             return f"is a directory{where}"
         return f"{os.strerror(exc.errno).lower()}{where}"
-    text = " ".join(str(exc).split())
-    return text or type(exc).__name__
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    hint = getattr(exc, "supercm_resume", None)
+    from .data import BadImageError
+
+    if hint and isinstance(exc, BadImageError):
+        text += f"; after replacing it, {hint.removeprefix('then ')}"
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -381,15 +469,36 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except _user_errors() as exc:
-        print(f"supercm: error: {_one_line(exc)}", file=sys.stderr)
+        _report(f"supercm: error: {_one_line(exc)}")
         return 2
-    except KeyboardInterrupt:
-        print("supercm: interrupted (the last checkpoint is intact; continue with --resume)", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        hint = getattr(exc, "supercm_resume", None)
+        print(f"supercm: interrupted; {hint.removeprefix('then ')}" if hint
+              else "supercm: interrupted (the last checkpoint is intact; continue with --resume)", file=sys.stderr)
         return 130
     except Exception as exc:  # a bug: still one line, and how to get the details
-        print(f"supercm: internal error: {type(exc).__name__}: {_one_line(exc)} "
-              f"(run again with --debug for the traceback, and please report it)", file=sys.stderr)
+        _report(f"supercm: internal error: {type(exc).__name__}: {_one_line(exc)} "
+                f"(run again with --debug for the traceback, and please report it)")
         return 1
+
+
+def _report(line: str) -> None:
+    """Print the error line; under torchrun only rank 0 prints it (every rank meets the same config and
+    data), and each rank leaves it in torchrun's error file, so torchrun's failure summary shows
+    supercm's line for that rank (an error only one rank meets is not lost)."""
+    rank = _rank()
+    if rank is None or rank == 0:
+        print(line, file=sys.stderr)
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if rank is not None and path:
+        import time
+
+        text = line if rank == 0 else f"{line} (rank {rank})"
+        try:
+            Path(path).write_text(json.dumps({"message": {"message": text, "extraInfo": {
+                "py_callstack": text, "timestamp": str(int(time.time()))}}}))
+        except OSError:
+            pass
 
 
 if __name__ == "__main__":

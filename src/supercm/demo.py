@@ -54,7 +54,10 @@ class Arm:
         return statistics.mean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
 
 
-def _init_worker() -> None:
+def _init_worker(parent: int | None = None) -> None:
+    from .lifeline import die_with_parent
+
+    die_with_parent(parent)  # a killed demo takes its workers with it
     # The demo's MLP is tiny: its steps are dominated by per-operation overhead, and
     # several threads per process only add synchronisation. One thread per process,
     # one process per core, is the fastest layout on a small CPU machine.
@@ -102,7 +105,7 @@ def run_demo(
                 bar.update(1)
         else:
             ctx = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker) as pool:
+            with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(os.getpid(),)) as pool:
                 futures = {pool.submit(_run_one, base, *job): job for job in jobs}
                 for fut in as_completed(futures):
                     results[futures[fut]] = fut.result()
@@ -201,7 +204,7 @@ def run_uda_demo(seeds: int = 3, iterations: int | None = None, workers: int | N
                 results[(arm, seed)] = _run_uda(base, *UDA_ARMS[arm][1:], seed, root)
                 bar.update(1)
         else:
-            with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker) as pool:
+            with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(os.getpid(),)) as pool:
                 futures = {pool.submit(_run_uda, base, *UDA_ARMS[arm][1:], seed, root): (arm, seed) for arm, seed in jobs}
                 for fut in as_completed(futures):
                     results[futures[fut]] = fut.result()

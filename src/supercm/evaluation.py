@@ -104,8 +104,9 @@ class Selection:
             ema_test_accuracy_at_best_val=self.ema_best["test"] if ema else None,
             seconds=seconds,
             iterations=iterations,
-            oracle_test_accuracy=self.oracle["test"] if self.uda else None,
-            oracle_iteration=self.oracle["iteration"] if self.uda else None,
+            # -1: no labelled target test set (own folders without data.options.test): null, as the rest.
+            oracle_test_accuracy=self.oracle["test"] if self.uda and self.oracle["test"] >= 0 else None,
+            oracle_iteration=self.oracle["iteration"] if self.uda and self.oracle["test"] >= 0 else None,
         )
 
     def state_dict(self) -> dict:

@@ -24,7 +24,7 @@ import yaml
 
 from .config import Config, ConfigError, from_dict, read_yaml_file
 from .data import SSLSplit
-from .fileio import atomic_write
+from .fileio import atomic_write, load_failure_reason
 
 CHECKPOINT = "checkpoint.pt"
 BEST_MODEL = "best_model.pt"  # weights of the best-validation model: what the run reports
@@ -118,7 +118,7 @@ def read_checkpoint(path: Path) -> dict:
         # optimizer state to their own devices. weights_only: a crafted file runs no code.
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        reason = " ".join(str(exc).split())[:120] or type(exc).__name__
+        reason = load_failure_reason(exc)  # never torch's advice to load unsafely
         raise RunDirError(
             f"{path} is corrupt or not a SuperCM checkpoint ({reason}); it cannot be resumed: "
             f"start the run again in a new run directory"

@@ -32,11 +32,20 @@ from ..config import read_yaml_file
 
 #: Config keys that do not change the learned model; a group is a config without them.
 IGNORED_KEYS = ("train.seed", "train.device", "train.progress", "train.tensorboard")
-#: Fields of a run's summary.json (or of a results-file row) that are results, not settings.
+#: Fields of a run's summary.json (or of a results-file row) that are results, not settings: every
+#: field of the trainer's result (:class:`supercm.train.RunResult`), the benchmarks' ``rules`` and
+#: timings. A results row is grouped by its other fields (its configuration) only.
 RESULT_FIELDS = (
     "best_iteration", "best_val_accuracy", "test_accuracy_at_best_val", "final_val_accuracy", "final_test_accuracy",
-    "ema_best_val_accuracy", "ema_test_accuracy_at_best_val", "seconds", "wall_seconds",
+    "ema_best_val_accuracy", "ema_test_accuracy_at_best_val", "seconds", "wall_seconds", "iterations",
+    "oracle_test_accuracy", "oracle_iteration", "rules",
 )
+#: Name endings that mark a result field a future trainer or benchmark may add.
+RESULT_SUFFIXES = ("_accuracy", "_iteration", "_seconds", "_loss")
+
+
+def is_result_field(key: str) -> bool:
+    return key in RESULT_FIELDS or key.endswith(RESULT_SUFFIXES)
 #: Metrics reported by default, as (field, heading).
 DEFAULT_METRICS = (("test_accuracy_at_best_val", "test % (best val)"), ("best_val_accuracy", "val %"),
                    ("final_test_accuracy", "test % (last)"))
@@ -146,16 +155,27 @@ def run_record(run_dir: str | Path) -> Record:
         raise FileNotFoundError(f"{run_dir} is not a run directory (no config.yaml)")
     if not summary_path.is_file():
         raise FileNotFoundError(f"{run_dir} has not finished (no summary.json)")
-    flat = _flatten(read_yaml_file(cfg_path) or {})  # the one YAML reader: duplicate keys refused
-    seed = int(flat.get("train.seed", 0))
+    flat = _flatten(read_yaml_file(cfg_path) or {})  # a damaged file is one line naming it
+    seed = flat.get("train.seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"{cfg_path}: train.seed must be a whole number, got {seed!r}")
     group = tuple(sorted((k, _freeze(v)) for k, v in flat.items() if k not in IGNORED_KEYS))
-    return Record(group, seed, json.loads(summary_path.read_text()), str(run_dir))
+    try:
+        summary = json.loads(summary_path.read_text())
+    except (ValueError, UnicodeDecodeError):
+        raise ValueError(f"{summary_path} is not valid JSON (cut short?); train the run to its end again with "
+                         f"'supercm train --resume {run_dir}'") from None
+    if not isinstance(summary, dict):
+        raise ValueError(f"{summary_path} is not a run's summary (a JSON object)")
+    return Record(group, seed, summary, str(run_dir))
 
 
 def results_records(path: str | Path, group_by: Iterable[str] | None = None) -> list[Record]:
     """Rows of a JSON-lines results file (e.g. benchmarks/results/ssl_accuracy.jsonl). A row's group is
     its ``group_by`` fields (default: every field but ``seed`` and the :data:`RESULT_FIELDS`)."""
     p = Path(path)
+    if p.is_dir():
+        raise ValueError(f"results file {str(p)!r} is a folder; give a JSON-lines file (one run per line)")
     if not p.is_file():
         raise FileNotFoundError(f"results file {str(p)!r} does not exist")
     records = []
@@ -166,12 +186,24 @@ def results_records(path: str | Path, group_by: Iterable[str] | None = None) -> 
             row = json.loads(line)
         except ValueError:
             raise ValueError(f"{p}:{i} is not a JSON line") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{p}:{i} is not a JSON object (one run per line, with a 'seed')")
         if "seed" not in row:
             raise ValueError(f"{p}:{i} has no 'seed' field")
-        keys = list(group_by) if group_by else [k for k in row if k != "seed" and k not in RESULT_FIELDS]
+        seed = row["seed"]
+        if isinstance(seed, str) and seed.strip().lstrip("-").isdigit():
+            seed = int(seed)
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ValueError(f"{p}:{i}: 'seed' must be a whole number, got {row['seed']!r}")
+        if group_by:
+            unknown = [k for k in group_by if k not in row]
+            if unknown:
+                raise ValueError(f"{p}:{i} has no field {unknown[0]!r} to group by (--group-by); its fields: "
+                                 f"{', '.join(row)}")
+        keys = list(group_by) if group_by else [k for k in row if k != "seed" and not is_result_field(k)]
         group = tuple((k, _freeze(row.get(k))) for k in keys)
         metrics = {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        records.append(Record(group, int(row["seed"]), metrics, f"{p}:{i}"))
+        records.append(Record(group, seed, metrics, f"{p}:{i}"))
     return records
 
 
@@ -203,11 +235,15 @@ class Report:
     def markdown(self) -> str:
         head = ["group", "seeds", *[f"{h}" for _, h in self.metrics], *[f"{h} 95% CI" for _, h in self.metrics[:1]]]
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        single = [name for g, name in self.names.items() if len(self.by_group[g]) == 1]
         for g, name in self.names.items():
             s = [self.summaries[(g, f)] for f, _ in self.metrics]
             lo, hi = s[0].ci
-            ci = "–" if s[0].n == 0 else f"[{100 * lo:.2f}, {100 * hi:.2f}]"
+            ci = "–" if s[0].n == 0 else "– (one run)" if s[0].n == 1 else f"[{100 * lo:.2f}, {100 * hi:.2f}]"
             lines.append("| " + " | ".join([name, str(len(self.by_group[g])), *map(fmt_mean_std, s), ci]) + " |")
+        if single:
+            lines += ["", f"{len(single)} of {len(self.names)} group(s) hold a single run: its value is shown alone, "
+                          f"with no std or confidence interval (one seed says nothing about the spread)."]
         if self.comparison:
             lines += ["", f"Paired by seed: **{self.treatment}** − **{self.baseline}**", "",
                       "| metric | seeds | gain | 95% CI | wins | paired t-test p |", "|---|---|---|---|---|---|"]
@@ -248,6 +284,8 @@ def compare(
     (group names as :func:`group_names` gives them) when both are named."""
     if not records:
         raise ValueError("nothing to compare: no runs given")
+    if not (isinstance(confidence, (int, float)) and 0 < confidence < 1):
+        raise ValueError(f"--confidence must be a level in (0, 1), e.g. 0.95; got {confidence:g}")
     by_group: dict[tuple, dict] = {}
     for r in records:
         seeds = by_group.setdefault(r.group, {})

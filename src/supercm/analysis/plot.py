@@ -37,7 +37,7 @@ def _run_title(run_dir: Path) -> str:
         title += f"\nβ = {read_config(run_dir).cm.beta:g}"
         s = json.loads((run_dir / "summary.json").read_text())
         title += f", test {100 * s['test_accuracy_at_best_val']:.1f} % (best val)"
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, TypeError):  # TypeError: null (no validation or test split)
         pass
     return title
 
@@ -56,13 +56,24 @@ def tsne_figure(runs: list[LoadedRun], out_path: str | Path, *, max_points: int 
                 layer: str = "features") -> Path:
     """Side-by-side t-SNE panels of the runs' test features (at most ``max_points`` each, the same
     seeded subsample for every run of one dataset), coloured by class, centroids as stars."""
+    if max_points < 1:
+        raise ValueError(f"--max-points must be ≥ 1, got {max_points}")
     fig = _figure(5.2 * len(runs), 5.0)
+    what = "test"
     for i, run in enumerate(runs):
         data = run.data
-        n = data.test_x.shape[0]
+        x, y = data.test_x, data.test_y
+        if len(x) == 0 and run.pair is not None:
+            # Own folders without data.options.test: no labelled target image; draw the labelled
+            # source images instead (coloured by their class), and say so.
+            x, y, what = run.pair.source.train_x, run.pair.source.train_y, "source"
+        n = len(x)
+        if n < 2:
+            raise ValueError(f"{run.run_dir}: {n} test images, too few for a t-SNE; draw the learning curves only "
+                             f"with --no-tsne")
         keep = np.sort(np.random.default_rng(seed).choice(n, size=min(n, max_points), replace=False))
-        feats = extract_features(run.model, data.test_x[keep], layer=layer).numpy()
-        labels = data.test_y[keep].numpy()
+        feats = extract_features(run.model, x[keep], layer=layer).numpy()
+        labels = y[keep].numpy()
         head = run.model.head
         has_centroids = layer == "features" and int(head.num_updates) > 0
         cents = head.centroids.detach().float().numpy() if has_centroids else None
@@ -81,7 +92,8 @@ def tsne_figure(runs: list[LoadedRun], out_path: str | Path, *, max_points: int 
                      fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.suptitle(f"t-SNE of test {layer} ({min(n, max_points)} points, coloured by class)", fontsize=10)
+    fig.suptitle(f"t-SNE of {what} {layer} ({min(n, max_points)} points, coloured by class)"
+                 + (" — the run has no labelled target test images" if what == "source" else ""), fontsize=10)
     fig.tight_layout()
     out = Path(out_path)
     fig.savefig(out)
@@ -109,7 +121,7 @@ def curves_figure(run_dirs: list[str | Path], out_path: str | Path, *, smooth: i
         metrics = read_jsonl(run_dir / "metrics.jsonl")
         for ax, (title, keys) in zip(axes, LOSS_PANELS):
             for j, key in enumerate(keys):
-                rows = [(m["iteration"], m[key]) for m in metrics if key in m]
+                rows = [(m["iteration"], m[key]) for m in metrics if m.get(key) is not None]
                 if not rows:
                     continue
                 it, v = map(np.asarray, zip(*rows))
@@ -119,8 +131,9 @@ def curves_figure(run_dirs: list[str | Path], out_path: str | Path, *, smooth: i
         evals = read_jsonl(run_dir / "eval.jsonl")
         if evals:
             ax = axes[2]
-            ax.plot([e["iteration"] for e in evals], [100 * e["val"] for e in evals], "-", color=color, lw=1.4,
-                    label=f"{run_dir.name}: validation")
+            val = [(e["iteration"], 100 * e["val"]) for e in evals if e.get("val") is not None]
+            if val:  # none without a validation split (data.num_validation=0)
+                ax.plot(*zip(*val), "-", color=color, lw=1.4, label=f"{run_dir.name}: validation")
             test = [(e["iteration"], 100 * e["test"]) for e in evals if e.get("test") is not None]
             if test:
                 ax.plot(*zip(*test), "o", color=color, ms=4, mfc="none", label=f"{run_dir.name}: test (where logged)")

@@ -16,8 +16,9 @@ from torch import Tensor, nn
 from .. import build
 from ..config import Config
 from ..data import ArrayDataset, DomainPair, SSLSplit, load_dataset
+from ..fileio import UnreadableFileError, load_tensors
 from ..models import CMClassifier
-from ..rundir import BEST_MODEL, CHECKPOINT, SPLIT, read_run_config
+from ..rundir import BEST_MODEL, CHECKPOINT, CONFIG, SPLIT, read_run_config
 
 #: Layers :func:`extract_features` can read: the backbone output (the CM's input) or the logits.
 LAYERS = ("features", "logits")
@@ -68,9 +69,15 @@ def load_run(run_dir: str | Path, *, data_root: str | None = None, which: str = 
     for name in names:
         path = run_dir / name
         if path.is_file():
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = load_tensors(path, "SuperCM weights")  # weights_only: a crafted file runs no code
+            if not isinstance(state, dict) or "model" not in state or "iteration" not in state:
+                raise UnreadableFileError(f"{path} is not a SuperCM checkpoint (no 'model' and 'iteration')")
             _warn_if_not_the_reported_model(run_dir, name, int(state["iteration"]))
-            model.load_state_dict(state["model"])
+            try:
+                model.load_state_dict(state["model"])
+            except (RuntimeError, TypeError, AttributeError) as exc:
+                raise UnreadableFileError(f"{path} does not fit the model of {run_dir / CONFIG} "
+                                          f"({' '.join(str(exc).split())[:160]})") from None
             model.eval()
             return LoadedRun(run_dir, cfg, data, split, model, name, int(state["iteration"]), pair)
     raise FileNotFoundError(f"{run_dir} holds no trained weights ({' or '.join(names)})")
@@ -85,8 +92,11 @@ def _warn_if_not_the_reported_model(run_dir: Path, name: str, iteration: int) ->
     summary = run_dir / "summary.json"
     if name != BEST_MODEL or not summary.is_file():
         return
-    best = json.loads(summary.read_text()).get("best_iteration")
-    if best is not None and int(best) != iteration:
+    try:
+        best = json.loads(summary.read_text()).get("best_iteration")
+    except (ValueError, AttributeError, OSError):  # a damaged summary: nothing to compare with
+        return
+    if isinstance(best, int) and best != iteration:
         warnings.warn(f"{run_dir}: {BEST_MODEL} holds iteration {iteration} but summary.json reports the best "
                       f"validation accuracy at iteration {best}", stacklevel=3)
 
@@ -162,14 +172,21 @@ def run_domains(run: LoadedRun, target: str | None = None, *, data_root: str | N
       that dataset, which must have the run's input shape (``resize=True``: bring it there with
       :func:`to_input_shape`);
     * domain-adaptation runs (``data.target`` set): the source's test images vs the target's test
-      images (both held out of training; ``target`` must not be given).
+      images (both held out of training; ``target`` must not be given). A run on own folders without
+      labelled target test images (``data.options.test`` unset) compares every source image with every
+      unlabelled target image instead (PAD reads no labels).
     """
     data = run.data
     if run.pair is not None:
         if target is not None:
             raise ValueError(f"{run.run_dir} is a domain-adaptation run: its domains are its own source and target; drop --target")
         s, t = run.pair.source, run.pair.target
-        return Domains(s.test_x, t.test_x, f"{run.cfg.data.name} test (source)", f"{run.cfg.data.target} test (target)")
+        if len(s.test_x) and len(t.test_x):
+            return Domains(s.test_x, t.test_x, f"{run.cfg.data.name} test (source)", f"{run.cfg.data.target} test (target)")
+        # Own folders (data.options.test unset): no held-out test images; the domains are then every
+        # source image and every (unlabelled) target image — no label is read either way.
+        return Domains(s.train_x, t.train_x, f"{run.cfg.data.name} images (source)",
+                       f"{run.cfg.data.target} unlabelled images (target)")
     if target is None:
         train_idx = torch.cat([run.split.labeled, run.split.unlabeled])
         return Domains(data.train_x[train_idx], data.test_x, f"{data.name} train", f"{data.name} test")

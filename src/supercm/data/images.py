@@ -79,7 +79,10 @@ from tqdm.auto import tqdm
 
 from ..fileio import atomic_write
 from .base import ArrayDataset, DatasetMissingError, DomainPair, resolve_root
-from .decode import RESIZE_METHOD, BadImageError, cache_key, decode_one, default_cache_dir, default_workers, scan_images
+from .decode import (  # noqa: F401  (BadImageError, decode_one, cache_key, default_cache_dir: re-exported)
+    RESIZE_METHOD, BadImageError, cache_key, decode_noted, decode_one, default_cache_dir, default_workers, listing,
+    scan_images, warn_cache_unwritable, warn_converted,
+)
 from .stream import PIPELINES, ImageStore
 
 #: File name endings read as images (case-insensitive).
@@ -276,7 +279,7 @@ def read_image_list(list_file: Path, bases: list[Path], classes: tuple[str, ...]
         raise DatasetLayoutError(f"cannot read the image list {list_file}: {exc}") from None
     bases = [*bases, list_file.parent]
     relocate = _Relocator(bases[0])
-    paths, labels, missing = [], [], []
+    paths, labels, missing, lines = [], [], [], []
     for n, line in enumerate(text.splitlines(), 1):
         line = line.strip()
         if not line or line.startswith("#"):
@@ -297,6 +300,7 @@ def read_image_list(list_file: Path, bases: list[Path], classes: tuple[str, ...]
             missing.append(str(raw))
         paths.append(found if found is not None else raw)
         labels.append(label)
+        lines.append(n)
     if missing:
         shown = "; ".join(missing[:5]) + (f"; and {len(missing) - 5} more" if len(missing) > 5 else "")
         raise DatasetLayoutError(
@@ -305,10 +309,48 @@ def read_image_list(list_file: Path, bases: list[Path], classes: tuple[str, ...]
         )
     if not paths:
         raise DatasetLayoutError(f"{list_file} lists no images; {expected}")
+    paths, labels = _check_consistent(list_file, paths, labels, lines, classes)
     names = list(classes) if classes is not None else _names_from_paths(paths, labels)
     if classes is not None:
         _check_list_against_folders(list_file, paths, labels, classes)
     return ImageList(paths, labels, names, f"list {list_file}")
+
+
+def _check_consistent(list_file: Path, paths: list[Path], labels: list[int], lines: list[int],
+                      classes) -> tuple[list[Path], list[int]]:
+    """A list that contradicts itself. One image listed with two labels is refused (naming both lines);
+    listed twice with one label, it is kept once, with a warning (it would weigh twice). Without a known
+    class list, the labels must be 0 … K−1 with images for each: a gap (labels {0, 1, 7}) is refused
+    naming the label that makes it, which would otherwise become empty classes."""
+    first: dict[str, int] = {}
+    keep, repeated = [], []
+    for i, p in enumerate(paths):
+        key = os.path.normcase(os.path.abspath(p))
+        j = first.setdefault(key, i)
+        if j == i:
+            keep.append(i)
+        elif labels[j] != labels[i]:
+            raise DatasetLayoutError(
+                f"{list_file}: {p} is listed with label {labels[j]} (line {lines[j]}) and label {labels[i]} "
+                f"(line {lines[i]}); an image has one label: correct or remove one of the lines")
+        else:
+            repeated.append(f"line {lines[i]} repeats line {lines[j]}")
+    if repeated:
+        warnings.warn(f"{list_file}: {len(repeated)} image(s) listed twice with the same label are read once: "
+                      f"{'; '.join(repeated[:5])}{' …' if len(repeated) > 5 else ''}", stacklevel=4)
+        paths, labels, lines = [paths[i] for i in keep], [labels[i] for i in keep], [lines[i] for i in keep]
+    if classes is None:
+        present = set(labels)
+        absent = sorted(set(range(max(present) + 1)) - present)
+        if absent:
+            gap = absent[0]
+            culprit = min((y for y in present if y > gap))
+            line = lines[labels.index(culprit)]
+            shown = ", ".join(map(str, absent[:6])) + (" …" if len(absent) > 6 else "")
+            raise DatasetLayoutError(
+                f"{list_file} line {line}: label {culprit} leaves label(s) {shown} without images; the labels of "
+                f"a list must be 0 … K−1 (here {len(present)} classes: 0 … {len(present) - 1}): renumber them")
+    return paths, labels
 
 
 def _names_from_paths(paths: list[Path], labels: list[int]) -> list[str]:
@@ -434,11 +476,6 @@ def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
 
 
 
-def _listing(bad: list) -> str:
-    """The first ten undecodable images as 'path (why)', and how many more."""
-    return "; ".join(f"{p} ({why})" for p, why in bad[:10]) + (f"; and {len(bad) - 10} more" if len(bad) > 10 else "")
-
-
 def decode_images(paths: list[Path], size: int, *, cache_dir: str | os.PathLike | None = None, cache: bool = True,
                   bad_images: str = "fail", workers: int | None = None, progress: bool = True,
                   what: str = "images") -> tuple[torch.Tensor, list[int]]:
@@ -469,32 +506,41 @@ def decode_images(paths: list[Path], size: int, *, cache_dir: str | os.PathLike 
         ok = np.zeros(len(paths), dtype=bool)
         bad: list[list[str]] = []
 
+        notes: list[list[str]] = []
+
         def work(i: int):
             try:
-                return i, decode_one(paths[i], size), None
+                return i, *decode_noted(paths[i], size), None
             except Exception as exc:  # truncated, unreadable, not an image: reported by path
-                return i, None, f"{type(exc).__name__}: {exc}"
+                return i, None, None, f"{type(exc).__name__}: {exc}"
 
         n_workers = workers or default_workers()
         with concurrent.futures.ThreadPoolExecutor(n_workers) as pool, \
                 tqdm(total=len(paths), desc=f"decoding {what} to {size}px", disable=not progress, leave=False) as bar:
-            for i, img, err in pool.map(work, range(len(paths)), chunksize=16):
+            for i, img, note, err in pool.map(work, range(len(paths)), chunksize=16):
                 if err is None:
                     array[i], ok[i] = img, True
+                    if note:
+                        notes.append([str(paths[i]), note])
                 else:
                     bad.append([str(paths[i]), err])
                 bar.update(1)
         kept = np.flatnonzero(ok).tolist()
         if len(kept) < len(paths):
             array = array[ok]
-        meta = {"key": key, "size": size, "resize": RESIZE_METHOD, "kept": kept, "bad": bad, "count": len(paths)}
+        meta = {"key": key, "size": size, "resize": RESIZE_METHOD, "kept": kept, "bad": bad, "count": len(paths),
+                "notes": notes}
         if cache and kept:
-            folder.mkdir(parents=True, exist_ok=True)
-            _atomic_save_npy(array_path, np.ascontiguousarray(array))
-            atomic_write(meta_path, json.dumps(meta))
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                _atomic_save_npy(array_path, np.ascontiguousarray(array))
+                atomic_write(meta_path, json.dumps(meta))
+            except OSError as exc:  # the decoded pixels are kept and used: only the reuse is lost
+                warn_cache_unwritable(folder, exc)
+    warn_converted(meta.get("notes") or [], len(paths), what)
     bad = meta["bad"]
     if bad:
-        listed = _listing(bad)
+        listed = listing(bad)
         if bad_images == "fail":
             raise BadImageError(f"{len(bad)} of {len(paths)} {what} cannot be decoded: {listed}. Replace them, or "
                                 f"set data.options.bad_images=skip to leave them out")
@@ -552,7 +598,7 @@ def _stream(images: ImageList, size: int, what: str, *, prefetch: int, cache_dir
         if bad:
             gone = {p for p, _ in bad}
             kept = [i for i, p in enumerate(images.paths) if str(p) not in gone]
-            listed = _listing(bad)
+            listed = listing(bad)
             warnings.warn(f"{what}: left out {len(bad)} of {len(images.paths)} images that cannot be decoded: {listed}",
                           stacklevel=2)
         if not kept:

@@ -25,8 +25,8 @@ prefetched is simply lost.
 
 Bad images. ``bad_images: fail`` (default) does not look at a file before a batch needs it: a file
 that cannot be decoded stops the run, in the training process, with a
-:class:`~supercm.data.decode.BadImageError` naming the path (the last checkpoint is intact: replace
-the file and ``--resume``). ``bad_images: skip`` decodes every image once, up front, to find the
+:class:`~supercm.data.decode.BadImageError` naming the path (``supercm train`` adds whether the run
+can be resumed: replace the file and ``--resume`` when a checkpoint was written, else start again). ``bad_images: skip`` decodes every image once, up front, to find the
 bad ones (the result is cached by the same key as the memory pipeline's cache: file paths, sizes,
 modification times, ``size``) and leaves them out, exactly as the memory pipeline does, so the
 two pipelines still index the same images.
@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .decode import BadImageError, decode_one, default_workers
+from .decode import BadImageError, decode_noted, default_workers, warn_converted
 
 #: Values of ``data.options.pipeline``.
 PIPELINES = ("memory", "stream")
@@ -58,15 +58,19 @@ def _identity(items):
     return items
 
 
-def _decode_files(paths: Sequence[str], size: int) -> tuple[Tensor | None, tuple[str, str] | None]:
-    """uint8 (len(paths), 3, size, size), or (None, (path, why)) for the first file that cannot be decoded."""
+def _decode_files(paths: Sequence[str], size: int) -> tuple[Tensor | None, tuple[str, str] | None, list]:
+    """uint8 (len(paths), 3, size, size), or (None, (path, why)) for the first file that cannot be decoded;
+    and the ``[path, note]`` of the files read with a choice (:func:`~supercm.data.decode.decode_noted`)."""
     out = np.empty((len(paths), 3, size, size), dtype=np.uint8)
+    notes = []
     for i, p in enumerate(paths):
         try:
-            out[i] = decode_one(Path(p), size)
+            out[i], note = decode_noted(Path(p), size)
         except Exception as exc:  # noqa: BLE001  (truncated, unreadable, not an image: reported by path)
-            return None, (str(p), f"{type(exc).__name__}: {exc}")
-    return torch.from_numpy(out), None
+            return None, (str(p), f"{type(exc).__name__}: {exc}"), notes
+        if note:
+            notes.append([str(p), note])
+    return torch.from_numpy(out), None, notes
 
 
 class _Decoder(torch.utils.data.Dataset):
@@ -74,8 +78,7 @@ class _Decoder(torch.utils.data.Dataset):
 
     def __getitem__(self, request):
         tag, size, paths = request
-        images, error = _decode_files(paths, size)
-        return tag, images, error
+        return (tag, *_decode_files(paths, size))
 
 
 class _Plan(torch.utils.data.Sampler):
@@ -157,6 +160,7 @@ class ImageStore:
         self.what = what
         self.device = torch.device(device)
         self._stream: _Prefetch | None = None
+        self._noted = False
         #: Reads served by the prefetch, and reads decoded on demand (a run's dry run, evaluation, misses).
         self.reads = {"prefetched": 0, "on_demand": 0}
 
@@ -220,16 +224,25 @@ class ImageStore:
 
     # ---------------------------------------------------------------- decoding
     def _decode(self, paths: list[str]) -> Tensor:
-        images, error = _decode_files(paths, self.size)
+        images, error, notes = _decode_files(paths, self.size)
+        self._note(notes)
         if error is not None:
             raise self._bad(error)
         return images
 
+    def _note(self, notes: list) -> None:
+        """Warn, once per store, of images read with a choice (16-bit, float, transparent, ...): this
+        pipeline meets files as batches need them, so it names those of the first read that has any."""
+        if notes and not self._noted:
+            self._noted = True
+            warn_converted(notes, None, self.what,
+                           more="; further such files are not named (the memory pipeline, or bad_images=skip, "
+                                "lists every one up front)")
+
     def _bad(self, error: tuple[str, str]) -> Exception:
         path, why = error
         return BadImageError(
-            f"{self.what}: cannot decode {path} ({why}); replace the file and continue the run with "
-            f"'supercm train --resume RUN_DIR' (its last checkpoint is intact), or set data.options.bad_images=skip "
+            f"{self.what}: cannot decode {path} ({why}); replace the file, or set data.options.bad_images=skip "
             f"(the stream pipeline then decodes every image once, up front, and leaves the bad ones out)")
 
     def _to_device(self, images: Tensor) -> Tensor:
@@ -247,7 +260,8 @@ class ImageStore:
     def _assemble(self, items: Iterable) -> Iterator[Tensor]:
         """Whole reads from a loader's pieces ``((read, piece, pieces), images, error)``, on the device."""
         parts: list[Tensor] = []
-        for (_, piece, pieces), images, error in items:
+        for (_, piece, pieces), images, error, notes in items:
+            self._note(notes)
             if error is not None:
                 raise self._bad(error)
             parts.append(images)

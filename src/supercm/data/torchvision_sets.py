@@ -167,15 +167,22 @@ def _cache_file(root: Path, name: str, raw_train: np.ndarray, raw_test: np.ndarr
 def _read_cache(path: Path, n_train: int, n_test: int) -> tuple[Tensor, Tensor] | None:
     if not path.is_file():
         return None
+    from ..fileio import load_failure_reason  # torch's own text would advise loading it unsafely
+
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
-        train_x, test_x = data["train_x"], data["test_x"]
-        if train_x.shape != (n_train, 3, 32, 32) or test_x.shape != (n_test, 3, 32, 32):
-            raise ValueError(f"shapes {tuple(train_x.shape)} / {tuple(test_x.shape)} do not match the dataset")
-        return train_x, test_x
     except Exception as err:  # a truncated or foreign file: recompute and overwrite it
-        warnings.warn(f"ignoring unreadable preprocessing cache {path} ({err}); recomputing GCN + ZCA", stacklevel=3)
-        return None
+        reason = load_failure_reason(err)
+    else:
+        try:
+            train_x, test_x = data["train_x"], data["test_x"]
+            if train_x.shape != (n_train, 3, 32, 32) or test_x.shape != (n_test, 3, 32, 32):
+                raise ValueError(f"shapes {tuple(train_x.shape)} / {tuple(test_x.shape)} do not match the dataset")
+            return train_x, test_x
+        except (KeyError, TypeError, AttributeError, ValueError) as err:
+            reason = f"not this cache's content: {type(err).__name__}: {err}"
+    warnings.warn(f"ignoring unreadable preprocessing cache {path} ({reason}); recomputing GCN + ZCA", stacklevel=3)
+    return None
 
 
 def _write_cache(path: Path, train_x: Tensor, test_x: Tensor) -> None:

@@ -49,11 +49,12 @@ def cached_weights_path(arch: str) -> Path:
 
 
 def _read_state_dict(path: Path) -> dict:
+    from ..fileio import load_failure_reason
+
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        reason = " ".join(str(exc).split())[:120] or type(exc).__name__
-        raise WeightsMissingError(f"cannot read weights from {path} ({reason})") from None
+    except Exception as exc:  # a text file, a truncated or crafted one: the reason in words, never torch's advice
+        raise WeightsMissingError(f"cannot read weights from {path}: {load_failure_reason(exc)}") from None
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

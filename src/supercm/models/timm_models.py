@@ -75,7 +75,8 @@ def _read_file(path: Path) -> dict:
         try:
             return load_file(str(path), device="cpu")
         except Exception as exc:  # noqa: BLE001  (a damaged file, whatever the reason)
-            raise WeightsMissingError(f"cannot read weights from {path} ({type(exc).__name__}: {exc})") from None
+            raise WeightsMissingError(f"cannot read weights from {path}: it is truncated or not a safetensors file "
+                                     f"({type(exc).__name__})") from None
     return _read_state_dict(path)
 
 
