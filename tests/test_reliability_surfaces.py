@@ -116,7 +116,6 @@ def _damaged(name: str, payload: bytes, command: str):
 
 def _crafted(_: bytes) -> bytes:
     import io
-    import pickle
 
     class Evil:
         def __reduce__(self):

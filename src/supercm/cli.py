@@ -108,7 +108,7 @@ def _on_sigterm(signum, frame) -> None:
         run_dir = _TRAINING.get("run_dir")
         hint = ""
         if run_dir is not None:
-            from .train import CHECKPOINT
+            from .rundir import CHECKPOINT
 
             hint = (f"; continue with 'supercm train --resume {run_dir}' (its last checkpoint is intact)"
                     if (Path(run_dir) / CHECKPOINT).is_file() else "; it had written no checkpoint yet")
@@ -176,7 +176,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _attach_resume_hint(exc: BaseException, run_dir: Path | None) -> None:
     """How to go on after training stopped on ``exc``: resume when the run wrote a checkpoint, else start
     again (a message must not promise a checkpoint that was never written)."""
-    from .train import CHECKPOINT
+    from .rundir import CHECKPOINT
 
     if run_dir is not None and (Path(run_dir) / CHECKPOINT).is_file():
         hint = f"continue the run with 'supercm train --resume {run_dir}' (its last checkpoint is intact)"

@@ -4,6 +4,7 @@ The modules, each importing only those below it (no module imports this package 
 
     catalog            DATASETS, load_dataset, load_uda: every loader by name
     images             Office benchmarks and image folders; the memory pipeline and its cache
+    layouts            folder and list layouts, the benchmarks' class lists (what images, which labels)
     pairs              DOMAIN_PAIRS, load_domain_pair, joined_training_set: the offline UDA pairs
     domains            the generated digit domains (registers their fetchers); digests: their SHA-256s
     stream             ImageStore: the stream pipeline (decodes in DataLoader workers)
