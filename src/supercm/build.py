@@ -22,7 +22,16 @@ from torch import nn
 from . import distributed
 from .cm import ClusteringModule
 from .config import Config, ConfigError, OptimConfig
-from .data import ArrayDataset, DomainPair, SSLSplit, joined_training_set, load_dataset, load_uda, stratified_split, uda_split
+from .data import (
+    ArrayDataset,
+    DomainPair,
+    SSLSplit,
+    joined_training_set,
+    load_dataset,
+    load_uda,
+    stratified_split,
+    uda_split,
+)
 from .data.augment import Augment
 from .methods import build_method
 from .models import CMClassifier, ImageInput, build_backbone

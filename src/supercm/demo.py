@@ -20,6 +20,7 @@ import torch
 from .analysis.compare import paired
 from .config import Config, from_dict
 from .data import default_data_root, fetch, load_dataset, load_uda
+from .lifeline import die_with_parent
 from .train import RunResult, Trainer
 
 #: The demo's protocol. Chosen once on the validation split (see BENCHMARKS.md).
@@ -55,8 +56,6 @@ class Arm:
 
 
 def _init_worker(parent: int | None = None) -> None:
-    from .lifeline import die_with_parent
-
     die_with_parent(parent)  # a killed demo takes its workers with it
     # The demo's MLP is tiny: its steps are dominated by per-operation overhead, and
     # several threads per process only add synchronisation. One thread per process,

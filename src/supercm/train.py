@@ -48,8 +48,23 @@ from .logs import RunLogs, RunResult, read_scalars
 from .methods import Batch, Term, check_terms
 from .objective import WeightedTerm
 from .precision import AUTOCAST_DTYPES, MIN_LOSS_SCALE, Precision, check_compile, check_precision, resolve_device
-from .rundir import (BEST_MODEL, CHECKPOINT, CLASSES, CONFIG, EVALS, LOCK, METRICS, RESUMABLE_CHANGES, SPLIT,
-                     SUMMARY, RunDir, RunDirError, read_checkpoint, read_run_config, usable)
+from .rundir import (
+    BEST_MODEL,
+    CHECKPOINT,
+    CLASSES,
+    CONFIG,
+    EVALS,
+    LOCK,
+    METRICS,
+    RESUMABLE_CHANGES,
+    SPLIT,
+    SUMMARY,
+    RunDir,
+    RunDirError,
+    read_checkpoint,
+    read_run_config,
+    usable,
+)
 from .schedules import lr_factor, rampup
 
 __all__ = [  # re-exported: tests, benchmarks and users import them from here

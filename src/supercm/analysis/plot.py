@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .runs import LoadedRun, extract_features, read_jsonl
+from .runs import LoadedRun, extract_features, read_config, read_jsonl
 
 
 def _figure(width: float, height: float):
@@ -32,8 +32,6 @@ def _figure(width: float, height: float):
 def _run_title(run_dir: Path) -> str:
     title = run_dir.name
     try:
-        from .runs import read_config
-
         title += f"\nβ = {read_config(run_dir).cm.beta:g}"
         s = json.loads((run_dir / "summary.json").read_text())
         title += f", test {100 * s['test_accuracy_at_best_val']:.1f} % (best val)"

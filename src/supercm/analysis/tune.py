@@ -27,8 +27,9 @@ from typing import Any
 import yaml
 
 from ..config import Config, ConfigError, load_config, yaml_load
+from ..fileio import lock_holder
 from ..methods import Term, build_method, check_terms
-from ..train import CHECKPOINT, Trainer
+from ..train import CHECKPOINT, LOCK, Trainer
 
 
 @dataclass(frozen=True)
@@ -245,8 +246,6 @@ def _recover_abandoned(study, log) -> None:
     machine (no such file here) is left alone."""
     from optuna.trial import TrialState
 
-    from ..fileio import lock_holder
-    from ..train import LOCK
 
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         run_dir = t.user_attrs.get("run_dir")

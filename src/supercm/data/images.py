@@ -61,12 +61,33 @@ from tqdm.auto import tqdm
 from ..fileio import atomic_write
 from .base import ArrayDataset, DomainPair, resolve_root
 from .decode import (  # noqa: F401  (BadImageError, decode_one, cache_key, default_cache_dir: re-exported)
-    RESIZE_METHOD, BadImageError, cache_key, decode_noted, decode_one, default_cache_dir, default_workers, listing,
-    scan_images, warn_cache_unwritable, warn_converted,
+    RESIZE_METHOD,
+    BadImageError,
+    cache_key,
+    decode_noted,
+    decode_one,
+    default_cache_dir,
+    default_workers,
+    listing,
+    scan_images,
+    warn_cache_unwritable,
+    warn_converted,
 )
 from .layouts import (  # noqa: F401  (the class lists and list reading: re-exported)
-    BENCHMARKS, IMAGE_EXTENSIONS, LAYOUTS, OFFICE31_CLASSES, OFFICE_CALTECH_CLASSES, OFFICEHOME_CLASSES, Benchmark,
-    DatasetLayoutError, ImageList, locate_domain, read_image_list, read_labeled, scan_class_folders, scan_unlabeled,
+    BENCHMARKS,
+    IMAGE_EXTENSIONS,
+    LAYOUTS,
+    OFFICE31_CLASSES,
+    OFFICE_CALTECH_CLASSES,
+    OFFICEHOME_CLASSES,
+    Benchmark,
+    DatasetLayoutError,
+    ImageList,
+    locate_domain,
+    read_image_list,
+    read_labeled,
+    scan_class_folders,
+    scan_unlabeled,
 )
 from .stream import PIPELINES, ImageStore
 

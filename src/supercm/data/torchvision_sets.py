@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..fileio import load_failure_reason  # torch's own text would advise loading unsafely
 from .base import ArrayDataset, DatasetMissingError, gray_to_rgb, resolve_root, to_unit_range
 from .preprocess import GCN_SCALE, ZCA, ZCA_IDENTITY_SCALE, global_contrast_normalize
 
@@ -167,8 +168,6 @@ def _cache_file(root: Path, name: str, raw_train: np.ndarray, raw_test: np.ndarr
 def _read_cache(path: Path, n_train: int, n_test: int) -> tuple[Tensor, Tensor] | None:
     if not path.is_file():
         return None
-    from ..fileio import load_failure_reason  # torch's own text would advise loading it unsafely
-
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # a truncated or foreign file: recompute and overwrite it

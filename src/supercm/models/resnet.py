@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from ..fileio import load_failure_reason  # torch's own text would advise loading unsafely
 from .backbones import BACKBONES
 
 #: torchvision's weight enums for IMAGENET1K_V1, by architecture.
@@ -49,8 +50,6 @@ def cached_weights_path(arch: str) -> Path:
 
 
 def _read_state_dict(path: Path) -> dict:
-    from ..fileio import load_failure_reason
-
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a text file, a truncated or crafted one: the reason in words, never torch's advice
