@@ -118,8 +118,11 @@ class Trainer:
         checkpoint = self._open_run_dir(_resuming)
         rundir = self.rundir  # not self in the closure: a trainer dropped unfinished frees its lock at once
         self.guard = DivergenceGuard(dev, lambda: usable(rundir))
+        # Domain adaptation: labeled rows = source training rows, unlabeled rows = target rows (labels hidden).
         self.selection = evaluation.Selection(self.x_train, self.y_train, self.split.validation.to(dev),
-                                              self.x_test, self.y_test, uda=self.uda, world=self.world, rank=self.rank)
+                                              self.x_test, self.y_test, uda=self.uda, world=self.world, rank=self.rank,
+                                              source_index=self.split.labeled.to(dev),
+                                              target_index=self.split.unlabeled.to(dev), seed=tc.seed)
         self.labeled_sampler = BatchSampler(self.split.labeled, tc.batch_labeled, tc.seed * 1000 + 1)
         self.unlabeled_sampler = BatchSampler(self.split.unlabeled, tc.batch_unlabeled, tc.seed * 1000 + 2)
         self.aug_generator = torch.Generator(device=dev).manual_seed(tc.seed * 1000 + 3)
