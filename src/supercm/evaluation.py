@@ -38,7 +38,7 @@ from .logs import RunResult
 #: The label-free rules of domain adaptation, by the name they report under.
 LABEL_FREE_RULES = ("dev", "snd", "entropy", "im")
 #: Target (and source) training rows the label-free scores read at each evaluation, at most.
-LABEL_FREE_SAMPLES = 2000
+LABEL_FREE_SAMPLES = 1000
 
 
 @torch.no_grad()

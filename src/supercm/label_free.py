@@ -34,7 +34,7 @@ from torch import Tensor
 
 #: τ of SND (Saito et al. 2021).
 SND_TEMPERATURE = 0.05
-#: Inverse regularisation strengths C the domain classifier of DEV chooses from, by held-out accuracy.
+#: Inverse regularisation strengths C the domain classifier of DEV chooses from, by held-out log-loss.
 DOMAIN_CLASSIFIER_C = (0.01, 0.1, 1.0, 10.0)
 
 
@@ -69,9 +69,12 @@ def snd_score(logits: Tensor, temperature: float = SND_TEMPERATURE) -> float:
 def density_ratios(source: Tensor, target: Tensor, query: Tensor, *, seed: int = 0) -> np.ndarray:
     """``p_T(x)/p_S(x)`` at the rows of ``query``, from a logistic-regression domain classifier trained
     on ``source`` vs ``target`` feature rows (standardised by their joint mean and std). Its C is the one
-    of :data:`DOMAIN_CLASSIFIER_C` with the best accuracy on a held-out 20 % (seeded, stratified), then it
-    is refitted on all rows; ``w = (n_S/n_T) · exp(logit P(target|x))``."""
+    of :data:`DOMAIN_CLASSIFIER_C` with the lowest log-loss on a held-out 20 % (seeded, stratified; the
+    classifier fitted on the other 80 % is used, as in the authors' code, which picks by accuracy: flat
+    across C when the domains overlap, while the ratios need calibrated probabilities); ``w = (n_S/n_T) · exp(logit
+    P(target|x))``, ``n_S, n_T`` the rows it was fitted on."""
     from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import log_loss
     from sklearn.model_selection import train_test_split
 
     xs, xt = source.double().cpu().numpy(), target.double().cpu().numpy()
@@ -84,10 +87,10 @@ def density_ratios(source: Tensor, target: Tensor, query: Tensor, *, seed: int =
         return LogisticRegression(C=c, max_iter=2000).fit((a - mean) / std, b)
 
     x_fit, x_held, y_fit, y_held = train_test_split(x, y, test_size=0.2, random_state=seed, stratify=y)
-    accuracy = [fit(x_fit, y_fit, c).score((x_held - mean) / std, y_held) for c in DOMAIN_CLASSIFIER_C]
-    clf = fit(x, y, DOMAIN_CLASSIFIER_C[int(np.argmax(accuracy))])
+    fitted = [fit(x_fit, y_fit, c) for c in DOMAIN_CLASSIFIER_C]
+    clf = min(fitted, key=lambda f: log_loss(y_held, f.predict_proba((x_held - mean) / std), labels=[0, 1]))
     q = (query.double().cpu().numpy() - mean) / std
-    return np.exp(clf.decision_function(q)) * (len(xs) / len(xt))
+    return np.exp(clf.decision_function(q)) * float((y_fit == 0).sum() / (y_fit == 1).sum())
 
 
 def dev_risk(weights, losses) -> float:

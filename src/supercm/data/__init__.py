@@ -5,6 +5,7 @@ The modules, each importing only those below it (no module imports this package 
     catalog            DATASETS, load_dataset, load_uda: every loader by name
     images             Office benchmarks and image folders; the memory pipeline and its cache
     pairs              DOMAIN_PAIRS, load_domain_pair, joined_training_set: the offline UDA pairs
+    mnistm_pool        mnistm_pool: MNIST-M-style digits on one pool of photos (registers its fetcher)
     domains            the generated digit domains (registers their fetchers); digests: their SHA-256s
     stream             ImageStore: the stream pipeline (decodes in DataLoader workers)
     offline            mnist10k, Fashion-MNIST from package registries (registers their fetchers)
@@ -24,12 +25,14 @@ from .base import (
     DatasetMissingError,
     DomainPair,
     FetchError,
+    MissingExtraError,
     default_data_root,
 )
 from .catalog import DATASETS, load_dataset, load_uda
 from .digits import load_digits
 from .domains import load_mnistm_style, load_optdigits, load_synth_digits
 from .images import IMAGE_DATASETS, BadImageError, DatasetLayoutError
+from .mnistm_pool import load_mnistm_pool
 from .offline import FETCHABLE, fetch, load_fashion_mnist, load_mnist10k
 from .pairs import DOMAIN_PAIRS, joined_training_set, load_domain_pair
 from .splits import SSLSplit, stratified_split, uda_split
@@ -46,6 +49,7 @@ __all__ = [
     "DomainPair",
     "FETCHABLE",
     "FetchError",
+    "MissingExtraError",
     "SSLSplit",
     "default_data_root",
     "fetch",
@@ -64,6 +68,7 @@ __all__ = [
     "load_fashion_mnist",
     "load_mnist",
     "load_mnist10k",
+    "load_mnistm_pool",
     "load_mnistm_style",
     "load_optdigits",
     "load_svhn",
