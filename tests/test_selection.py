@@ -167,3 +167,16 @@ def test_dev_is_null_without_a_validation_split_and_ssl_has_no_label_free_rule(p
                      "method": {"name": "supervised"}})
     assert set(Trainer(ssl.replace(**{"train.iterations": 10}), None).fit().selection_rules()) == {
         "last", "best_validation"}
+
+
+def test_regret_against_the_oracle_is_oracle_minus_rule_per_run():
+    from supercm.analysis.compare import selection_regret
+
+    runs = [{"oracle_test_selected": 0.80, "snd": 0.795, "dev": 0.70},
+            {"oracle_test_selected": 0.60, "snd": 0.55, "dev": None},  # DEV without a validation split
+            {"oracle_test_selected": 0.90, "snd": 0.90}]
+    r = selection_regret(runs, ["snd", "dev", "im"])
+    assert r["snd"].n == 3 and r["snd"].mean == pytest.approx((0.005 + 0.05 + 0) / 3)
+    assert r["snd"].max == pytest.approx(0.05) and r["snd"].within_1_point == pytest.approx(2 / 3)
+    assert r["dev"].n == 1 and r["dev"].mean == pytest.approx(0.10) and r["dev"].within_1_point == 0
+    assert r["im"].n == 0 and math.isnan(r["im"].mean)
