@@ -1,18 +1,19 @@
 """``mnistm_pool``: MNIST-M-style digits whose train and test crops come from ONE pool of photos (issue 17 §1).
 
 ``mnistm_style`` (:mod:`supercm.data.domains`) crops its target-train images from the left half of two
-photos and its test images from the right half, so its two splits differ (near-flat crops 47 % vs 64 %,
-bright backgrounds 20 % vs 37 %: :func:`crop_statistics`). MNIST-M (Ganin & Lempitsky 2015) draws
+photos and its test images from the right half, so its two splits differ (near-flat crops 46 % vs 64 %,
+bright backgrounds 20 % vs 37 %: :func:`crop_statistics`; here 41 % vs 41 % and 23 % vs 25 %). MNIST-M (Ganin & Lempitsky 2015) draws
 both splits' crops from one pool, BSDS500. ``mnistm_pool`` does the same with every public-domain or
 CC0 colour *photograph* that ships in a package (:data:`POOL`): scikit-learn's two sample photos and
-five of the images inside the scikit-image wheel (read from its ``skimage/data`` folder with Pillow;
+five of the images inside the scikit-image wheel (astronaut, chelsea, coffee, rocket: public domain or CC0
+by their docstrings; ihc: "no known copyright restrictions") (read from its ``skimage/data`` folder with Pillow;
 none needs scikit-image's network fetcher). Left out: ``motorcycle_left/right`` (Middlebury stereo,
 no licence stated), ``color.png`` (a synthetic colour wheel), ``hubble_deep_field.jpg`` and
 ``retina.jpg`` (mostly black: a crop would leave the plain digit).
 
 Recipe, as ``mnistm_style`` otherwise: ``out = |crop − digit|`` per channel, digits from mnist10k split
 exactly as for ``mnistm_style`` (:func:`~supercm.data.domains.mnist_halves`: the pair's source is the
-other half of mnist10k's training digits, the test split blends mnist10k's test digits), 4,000 train /
+other half of mnist10k's training digits, the test split blends mnist10k's test digits), 3,998 train /
 2,000 test. Each digit gets a photo drawn uniformly from the pool and a crop position uniform over the
 whole photo, from one ``numpy.random.Generator`` (:data:`MNISTM_POOL_SEED`), for both splits alike.
 Inputs (mnist10k's bytes, each decoded photo) and every generated array are checked against the SHA-256
@@ -154,7 +155,7 @@ FETCHERS.register(NAME, Fetcher((f"{NAME}.npz",), fetch_mnistm_pool, partial(rea
 
 
 def load_mnistm_pool(root: str | os.PathLike | None = None) -> ArrayDataset:
-    """MNIST-M-style digits on one pool of photos: 4,000 train / 2,000 test, (N, 3, 28, 28) float32 in [−1, 1]."""
+    """MNIST-M-style digits on one pool of photos: 3,998 train / 2,000 test, (N, 3, 28, 28) float32 in [−1, 1]."""
     return arrays_dataset(NAME, read_generated(NAME, root))
 
 
