@@ -132,8 +132,8 @@ def regret_table(records: list[dict]) -> list[str]:
 
     regret = selection_regret([r["rules"] for r in records], LABEL_FREE)
     labels = dict(RULES)
-    lines = ["**Regret against the oracle** (oracle − rule, points of target test accuracy, per run; over every "
-             "run above that records the rule)", "", "| rule | runs | mean regret | max regret | within 1 point |",
+    lines = [("**Regret against the oracle** (oracle − rule, points of target test accuracy, per run; over every "
+              "run above that records the rule)"), "", "| rule | runs | mean regret | max regret | within 1 point |",
              "|---|---|---|---|---|"]
     for rule, g in regret.items():
         if g.n:

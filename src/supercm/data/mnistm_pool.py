@@ -56,7 +56,7 @@ def skimage_data_dir() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise MissingExtraError(f"{NAME} crops scikit-image's bundled photos, and scikit-image is not installed: "
                                 f"{INSTALL_HINT}")
-    return Path(list(spec.submodule_search_locations)[0]) / "data"
+    return Path(next(iter(spec.submodule_search_locations))) / "data"
 
 
 def skimage_version() -> str:
