@@ -16,8 +16,16 @@ reported under the three selection rules the trainer records, named in every tab
 * **source-val**: the iterate with the best accuracy on held-out *source* samples (the headline:
   it reads no target label);
 * **last**: the final iterate;
+* **DEV**, **SND**, **entropy**, **IM**: the label-free rules (:mod:`supercm.label_free`): the iterate
+  with the best importance-weighted source-validation risk, soft neighbourhood density, mean
+  prediction entropy, information maximisation, computed at every evaluation from unlabeled target
+  training rows (runs recorded before these rules have none);
 * **oracle**: the iterate with the best *target test* accuracy. It selects on the test set — what
   the field's common code reports — so it is an upper bound, never a result.
+
+Each rule's **regret** against the oracle (oracle's target test accuracy − the rule's, per run: mean,
+max, share of runs within 1 point) over every run in the file closes the table: which rule to trust.
+``--table-only`` rewrites the table from ``--out`` without training.
 
 Finished runs are appended to ``--out`` (JSON lines) at once; a rerun skips them. A killed sweep
 takes its worker processes with it (``supercm.lifeline``); a rerun continues each killed run from its
@@ -47,7 +55,10 @@ OFFICE_PAIRS = {b: tuple(sorted(p.name.removesuffix("-source_only.yaml")
                 for b in BENCHMARKS}
 PAIRS = DIGIT_PAIRS + tuple(p for b in BENCHMARKS for p in OFFICE_PAIRS[b])
 METHODS = ("source_only", "dann", "mcc", "bnm", "dann+mcc", "dann+bnm")
-RULES = (("best_validation", "source-val"), ("last", "last"), ("oracle_test_selected", "oracle (test-selected)"))
+RULES = (("best_validation", "source-val"), ("last", "last"), ("dev", "DEV"), ("snd", "SND"), ("entropy", "entropy"),
+         ("im", "IM"), ("oracle_test_selected", "oracle (test-selected)"))
+#: The rules that read no target label, whose regret against the oracle the table reports.
+LABEL_FREE = tuple(r for r, _ in RULES if r != "oracle_test_selected")
 
 
 def config_path(pair: str, method: str, cm: bool) -> Path:
@@ -122,6 +133,8 @@ def table(records: list[dict]) -> str:
     pairs += sorted({r["pair"] for r in records} - set(pairs))
     methods = [m for m in METHODS if any(r["method"] == m for r in records)]
     for rule, label in RULES:
+        if not any(r["rules"].get(rule) is not None for r in records):
+            continue  # runs recorded before the rule existed
         lines += [f"**Rule: {label}**", "", "| pair | method | base | + SuperCM | gain | wins | p |", "|---|---|---|---|---|---|---|"]
         for pair in pairs:
             for method in methods:
@@ -141,7 +154,23 @@ def table(records: list[dict]) -> str:
                 lines.append(f"| {pair} | {method} | {base} | {cm} | {gain} | {wins} | {p} |")
         lines += _benchmark_averages(records, rule, methods)
         lines.append("")
-    return "\n".join(lines)
+    return "\n".join(lines + regret_table(records))
+
+
+def regret_table(records: list[dict]) -> list[str]:
+    """Each label-free rule's regret against the oracle over all runs (points of target test accuracy)."""
+    from supercm.analysis.compare import selection_regret
+
+    regret = selection_regret([r["rules"] for r in records], LABEL_FREE)
+    labels = dict(RULES)
+    lines = [("**Regret against the oracle** (oracle − rule, points of target test accuracy, per run; over every "
+              "run above that records the rule)"), "", "| rule | runs | mean regret | max regret | within 1 point |",
+             "|---|---|---|---|---|"]
+    for rule, g in regret.items():
+        if g.n:
+            lines.append(f"| {labels[rule]} | {g.n} | {100 * g.mean:.2f} | {100 * g.max:.2f} | "
+                         f"{round(g.within_1_point * g.n)}/{g.n} |")
+    return lines + [""]
 
 
 def _benchmark_averages(records: list[dict], rule: str, methods: list[str]) -> list[str]:
@@ -182,6 +211,7 @@ def main() -> None:
     ap.add_argument("--data-root", help="data root holding the fetched datasets (supercm fetch-data all)")
     ap.add_argument("--workers", type=positive_int, default=None, help="parallel runs (default: CPU count; 1 with --benchmark)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "uda_accuracy.jsonl"))
+    ap.add_argument("--table-only", action="store_true", help="rewrite the table from --out's runs; train nothing")
     ap.add_argument("overrides", nargs="*", help="extra key=value config overrides for every run")
     a = ap.parse_args()
     if a.benchmark and a.pairs:
@@ -193,6 +223,8 @@ def main() -> None:
     done = {_key(json.loads(line)) for line in out.read_text().splitlines()} if out.exists() else set()
     todo = [(p, m, cm, s) for p in a.pairs for m in a.methods for cm in [arm == "cm" for arm in a.arms]
             for s in range(a.seeds) if (p, m, cm, s, tuple(overrides)) not in done]
+    if a.table_only:
+        todo = []
     print(f"{len(done)} runs already in {out}; {len(todo)} to go with {a.workers} workers", file=sys.stderr)
     kept = _skip_held(todo, a.run_root)
     todo, failed = kept, len(todo) - len(kept)

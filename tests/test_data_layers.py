@@ -55,5 +55,6 @@ def test_no_private_name_crosses_a_data_module():
 def test_fetchable_datasets_are_registered_in_order():
     from supercm.data import FETCHABLE, fetchers, offline
 
-    assert tuple(FETCHABLE) == ("mnist10k", "fashion_mnist", "mnistm_style", "optdigits", "synth_digits")
+    assert tuple(FETCHABLE) == ("mnist10k", "fashion_mnist", "mnistm_style", "optdigits", "synth_digits",
+                               "mnistm_pool")
     assert offline.FETCHABLE is FETCHABLE and list(fetchers.FETCHERS) == list(FETCHABLE)

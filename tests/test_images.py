@@ -349,13 +349,14 @@ def test_the_benchmark_runner_goes_from_a_generated_tree_to_the_results_table(tm
     assert res.returncode == 0, res.stderr[-2000:]
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert sorted((r["cm"], r["seed"]) for r in records) == [(False, 0), (False, 1), (True, 0), (True, 1)]
-    assert all(r["iterations"] == 2 and set(r["rules"]) == {"best_validation", "last", "oracle_test_selected"}
-               for r in records)
+    assert all(r["iterations"] == 2 and set(r["rules"]) == {"best_validation", "last", "oracle_test_selected", "dev",
+                                                             "snd", "entropy", "im"} for r in records)
     md = out.with_suffix(".md").read_text()
-    for rule in ("source-val", "last", "oracle (test-selected)"):
+    for rule in ("source-val", "last", "DEV", "SND", "entropy", "IM", "oracle (test-selected)"):
         assert f"**Rule: {rule}**" in md
     rows = [line for line in md.splitlines() if line.startswith("| office31-A-to-W | dann |")]
-    assert len(rows) == 3 and all(row.count("/2 |") == 1 for row in rows)  # wins out of 2 paired seeds
+    assert len(rows) == 7 and all(row.count("/2 |") == 1 for row in rows)  # wins out of 2 paired seeds
+    assert "**Regret against the oracle**" in md and "| SND | 4 |" in md  # every run, each rule
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == [
         "office31-A-to-W-dann-cm-seed0", "office31-A-to-W-dann-cm-seed1", "office31-A-to-W-dann-seed0",
         "office31-A-to-W-dann-seed1"]

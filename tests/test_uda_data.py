@@ -44,6 +44,7 @@ def test_registered():
         assert name in DATASETS and name in FETCHABLE
     assert set(DOMAIN_PAIRS) == {
         "mnist10k->mnistm_style",
+        "mnist10k->mnistm_pool",
         "mnist10k->optdigits",
         "optdigits->mnist10k",
         "synth_digits->mnist10k",

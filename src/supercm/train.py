@@ -133,8 +133,11 @@ class Trainer:
         checkpoint = self._open_run_dir(_resuming)
         rundir = self.rundir  # not self in the closure: a trainer dropped unfinished frees its lock at once
         self.guard = DivergenceGuard(dev, lambda: usable(rundir))
+        # Domain adaptation: labeled rows = source training rows, unlabeled rows = target rows (labels hidden).
         self.selection = evaluation.Selection(self.x_train, self.y_train, self.split.validation.to(dev),
-                                              self.x_test, self.y_test, uda=self.uda, world=self.world, rank=self.rank)
+                                              self.x_test, self.y_test, uda=self.uda, world=self.world, rank=self.rank,
+                                              source_index=self.split.labeled.to(dev),
+                                              target_index=self.split.unlabeled.to(dev), seed=tc.seed)
         self.labeled_sampler = BatchSampler(self.split.labeled, tc.batch_labeled, tc.seed * 1000 + 1)
         self.unlabeled_sampler = BatchSampler(self.split.unlabeled, tc.batch_unlabeled, tc.seed * 1000 + 2)
         self.aug_generator = torch.Generator(device=dev).manual_seed(tc.seed * 1000 + 3)
@@ -146,14 +149,12 @@ class Trainer:
         except BaseException:
             self._release()
             raise
-        if self.world > 1:  # every rank must start where the others do; all of them stop if not
-            start = torch.tensor([self.iteration, -self.iteration], device=dev)
-            torch.distributed.all_reduce(start, op=torch.distributed.ReduceOp.MAX)
-            if int(start[0]) != -int(start[1]):
-                self._release()
-                raise RunDirError(f"the ranks would start at iterations {-int(start[1])} and {int(start[0])} (rank 0 "
-                                  f"resumes a checkpoint): resume a data-parallel run with 'torchrun ... -m supercm train --resume RUN_DIR' "
-                                  f"(every rank reads rank 0's checkpoint)")
+        lo, hi = _start_range(self.iteration, dev) if self.world > 1 else (0, 0)  # every rank starts alike
+        if lo != hi:
+            self._release()
+            raise RunDirError(f"the ranks would start at iterations {lo} and {hi} (rank 0 resumes a checkpoint): resume a "
+                              f"data-parallel run with 'torchrun ... -m supercm train --resume RUN_DIR' (every rank reads "
+                              f"rank 0's checkpoint)")
 
     def _open_run_dir(self, resuming: bool) -> dict | None:
         """Lock and check the run directory (everything else is checked by now); the checkpoint to resume."""
@@ -475,6 +476,13 @@ class Trainer:
         if self.rundir is not None:
             self.rundir.write_summary(result.to_dict())
         return result
+
+
+def _start_range(iteration: int, device: torch.device) -> tuple[int, int]:
+    """Data-parallel (a collective): the lowest and highest iteration any rank starts at."""
+    start = torch.tensor([iteration, -iteration], device=device)
+    torch.distributed.all_reduce(start, op=torch.distributed.ReduceOp.MAX)
+    return -int(start[1]), int(start[0])
 
 
 def _term_states(state: dict, terms: list[WeightedTerm]) -> list[dict]:

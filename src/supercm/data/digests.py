@@ -1,4 +1,5 @@
-"""The SHA-256 digests recorded for the generated digit domains (:mod:`supercm.data.domains`): of their
+"""The SHA-256 digests recorded for the generated digit domains (:mod:`supercm.data.domains`,
+:mod:`supercm.data.mnistm_pool`): of their
 inputs (mnist10k's bytes, the photos, optdigits, every font file) and of every array they generate, and
 :func:`check_digests`, which refuses (or, with ``SUPERCM_ALLOW_DATA_MISMATCH=1``, warns about) a difference."""
 
@@ -27,6 +28,30 @@ EXPECTED_SHA256: dict[str, dict[str, dict[str, str]]] = {
             "test_labels": "1e5bdbaab32a4634dd85bb28ecf928e37e756c2dbfe61128763053ca0b78261a",
             "train_crops": "40bafe6b7bc2177302616b21e02fd574319737e82e717171a325c12f29780d02",
             "train_images": "1d59d7b9d77cbc53248be71ed5e981eda9bdb97fb67bc9f03fd502c4c08c2e32",
+            "train_index": "5463be86bd6192ceda135d58700bfdec64d70480d81a38169208cbed13c1a593",
+            "train_labels": "fbffeb4887dbee72f6dd431a57708c98f395048e3c6f3925661416a58ea326d9",
+        },
+    },
+    # mnistm_pool (supercm.data.mnistm_pool): photo0-1 scikit-learn's, photo2-6 scikit-image 0.26.0's.
+    "mnistm_pool": {
+        "inputs": {
+            "mnist10k_images": "0768d16c5adea568dee18fa5e4e1acb117e9ec2c5d6b1dffe5fc29c1e61c1eca",
+            "photo0": "e701459344fd69797154c91add3bb5d70e5ed1a61d8bed889bab3a796104698d",
+            "photo1": "3202904ed246795bf616c66d7859cd7c6080eff736c6e38dc5cc62779742033f",
+            "photo2": "a8c429c18afa7b0fd5673e598d73a21225d94c864a71bbb3885126fdecb41071",
+            "photo3": "416b729128bfb2c3d1eb69bf9b1734a796293abc17939267b2dc94f8a5784031",
+            "photo4": "0ce2b51640b9c95f19617f03eabf40c3f0368589cc1ee1190b70966165ac184f",
+            "photo5": "3d4435cc745752b7f9724df88c6e18817de3ce7e3d2d71c55f85f7831e68f197",
+            "photo6": "c5b3ef509a92f16d4c29be8cf0300fe75d53e13a3ce650159db932caea8dcc1b",
+        },
+        "arrays": {
+            "source_index": "bd92fb3a7bfeec3aa755fbe74c8981a7ae218987dcf4b560c3917bde0f693937",
+            "test_crops": "992c53fb83ab792ab4c2a7782d181c6ff80a6450bda8fe6dedd8eea2690d41eb",
+            "test_images": "fbd6c62d7983636638294275f6e40258816cd162e5c663941ba5692771a725e7",
+            "test_index": "bb184d4164286eabcaa98679387abc6775c8456c9a29e53853e6669289b0e169",
+            "test_labels": "1e5bdbaab32a4634dd85bb28ecf928e37e756c2dbfe61128763053ca0b78261a",
+            "train_crops": "467657d736ee00bec79f40ec981a74f74b73dac2c45eefb7450b5a171bef541a",
+            "train_images": "d0493821ab68b7e120c83ee851d28d8c8591b50e352dfb45c6bf0e2ec8778b01",
             "train_index": "5463be86bd6192ceda135d58700bfdec64d70480d81a38169208cbed13c1a593",
             "train_labels": "fbffeb4887dbee72f6dd431a57708c98f395048e3c6f3925661416a58ea326d9",
         },

@@ -2,7 +2,8 @@
 
 Every module that can fetch a dataset registers a :class:`Fetcher` in :data:`FETCHERS` when it is
 imported (:mod:`supercm.data.offline`: ``mnist10k``, ``fashion_mnist``; :mod:`supercm.data.domains`:
-``mnistm_style``, ``optdigits``, ``synth_digits``, built on mnist10k). :func:`fetch`,
+``mnistm_style``, ``optdigits``, ``synth_digits``, built on mnist10k; :mod:`supercm.data.mnistm_pool`:
+``mnistm_pool``). :func:`fetch`,
 :func:`is_fetched`, :func:`read_cache` and :data:`FETCHABLE` read the registry, so no fetching module
 imports another to dispatch; ``import supercm.data`` imports them all, in that order. A dataset is
 cached as files under ``ROOT/NAME/``; a missing one raises :class:`DatasetMissingError` naming
@@ -70,7 +71,7 @@ class _Names(Sequence):
         return repr(tuple(FETCHERS))
 
 
-#: Names :func:`fetch` knows: ``mnist10k, fashion_mnist, mnistm_style, optdigits, synth_digits``.
+#: Names :func:`fetch` knows: ``mnist10k, fashion_mnist, mnistm_style, optdigits, synth_digits, mnistm_pool``.
 FETCHABLE: Sequence[str] = _Names()
 
 

@@ -16,12 +16,14 @@ import torch
 
 from .base import UNLABELED, ArrayDataset, DomainPair, resolve_root
 from .domains import load_mnistm_style, load_optdigits, load_synth_digits, mnist10k_arrays, mnist_halves
+from .mnistm_pool import load_mnistm_pool
 from .offline import arrays_dataset, load_mnist10k
 from .stream import cat_rows
 
 
 def load_mnist10k_source_half(root: str | os.PathLike | None = None) -> ArrayDataset:
-    """mnist10k restricted to the training half that ``mnistm_style`` does *not* blend (4,000), test = mnist10k's."""
+    """mnist10k restricted to the training half that ``mnistm_style`` and ``mnistm_pool`` do *not* blend
+    (4,002), test = mnist10k's."""
     images, labels = mnist10k_arrays(resolve_root(root))
     halves = mnist_halves(labels)
     source_index, test = halves["source"], halves["test"]
@@ -41,10 +43,11 @@ def _mnist10k(root) -> ArrayDataset:
 
 
 #: UDA pairs by name ``"SOURCE->TARGET"``: (source loader, target loader), each ``loader(root)``.
-#: In ``mnist10k->mnistm_style`` the source is the half of mnist10k's training digits that the
-#: target does not blend, so no digit image is on both sides.
+#: In ``mnist10k->mnistm_style`` and ``mnist10k->mnistm_pool`` the source is the half of mnist10k's
+#: training digits that the target does not blend, so no digit image is on both sides.
 DOMAIN_PAIRS: dict[str, tuple[Callable[..., ArrayDataset], Callable[..., ArrayDataset]]] = {
     "mnist10k->mnistm_style": (load_mnist10k_source_half, load_mnistm_style),
+    "mnist10k->mnistm_pool": (load_mnist10k_source_half, load_mnistm_pool),
     "mnist10k->optdigits": (_mnist10k, load_optdigits),
     "optdigits->mnist10k": (load_optdigits, _mnist10k),
     "synth_digits->mnist10k": (load_synth_digits, _mnist10k),
