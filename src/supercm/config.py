@@ -96,6 +96,7 @@ class CMConfig:
     temperature: float = 1.0
     alpha: float = 1.0  # Dirichlet prior; 1 (SuperCM) makes E4 vanish
     features: str = "reuse"  # reuse: detached training features; eval_pass: extra eval-mode pass (authors' code)
+    centroid_source: str = "labeled"  # labeled | labeled+pseudo: also the unlabeled rows the base method pseudo-labels
 
 
 @dataclass
@@ -417,6 +418,10 @@ def validate(cfg: Config) -> None:
          f"must be > 0 and finite, got {cfg.cm.temperature}")
     need(finite(cfg.cm.alpha) and cfg.cm.alpha > 0, "cm.alpha", f"must be > 0 and finite, got {cfg.cm.alpha}")
     need(cfg.cm.features in ("reuse", "eval_pass"), "cm.features", f"must be 'reuse' or 'eval_pass', got {cfg.cm.features!r}")
+    need(cfg.cm.centroid_source in ("labeled", "labeled+pseudo"), "cm.centroid_source",
+         f"must be 'labeled' or 'labeled+pseudo', got {cfg.cm.centroid_source!r}")
+    need(cfg.cm.centroid_source == "labeled" or cfg.cm.features == "reuse", "cm.centroid_source",
+         "'labeled+pseudo' needs cm.features='reuse' (the pseudo-labeled features are the training pass's)")
     need(finite(cfg.method.delta) and cfg.method.delta >= 0, "method.delta",
          f"must be ≥ 0 and finite, got {cfg.method.delta}")
     need(cfg.method.rampup >= 0, "method.rampup", f"must be ≥ 0, got {cfg.method.rampup}")
@@ -432,6 +437,14 @@ def validate(cfg: Config) -> None:
     need(cfg.method.name in METHODS, "method.name",
          f"must be one of {', '.join(sorted(METHODS))}, got {cfg.method.name!r}")
     need(cfg.method.name != "supercm", "method.name", "cannot be 'supercm': SuperCM is switched on by cm.beta > 0")
+    from .methods import Term
+
+    labelers = [n for n in (cfg.method.name, *(r.name for r in cfg.regularisers))
+                if n in METHODS and METHODS[n].pseudo_labels is not Term.pseudo_labels]
+    need(cfg.cm.centroid_source == "labeled" or bool(labelers), "cm.centroid_source",
+         f"'labeled+pseudo' needs a base method or regulariser that pseudo-labels "
+         f"({', '.join(sorted(n for n in METHODS if METHODS[n].pseudo_labels is not Term.pseudo_labels))}), "
+         f"got method.name={cfg.method.name!r}")
     for i, reg in enumerate(cfg.regularisers):
         key = f"regularisers[{i}]"
         need(reg.name in METHODS, key + ".name", f"must be one of {', '.join(sorted(METHODS))}, got {reg.name!r}")

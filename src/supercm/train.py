@@ -500,7 +500,8 @@ class Trainer:
         # method, the listed regularisers. (SuperCM first keeps the floating-point sum, and so
         # every run, identical to the trainer's earlier form CE + β·L_CM + δ·w·L_base.)
         self.method = build_method(cfg.method.name, cfg.method.options)
-        self.supercm = build_method("supercm", {"features": cfg.cm.features}) if cfg.cm.beta > 0 else None
+        self.supercm = build_method("supercm", {"features": cfg.cm.features, "centroid_source": cfg.cm.centroid_source}) \
+            if cfg.cm.beta > 0 else None
         self.regularisers = [build_method(r.name, r.options) for r in cfg.regularisers]
         for term in self.terms:
             term.setup(self.model)
@@ -1098,7 +1099,7 @@ class Trainer:
         if self._channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         batch = Batch(model, x, torch.cat([x_l_raw, x_u_raw]), y_l.numel(), y_l, self._aug,
-                      self.iteration, self.cfg.train.iterations)
+                      self.iteration, self.cfg.train.iterations, generator=self.aug_generator)
         if self.world > 1:
             batch.gather = distributed.all_gather  # losses of the whole batch (MCC, BNM) see every rank's rows
             batch.labeled_rows, batch.unlabeled_rows, batch.global_sizes = sl, su, (n_l, n_u)

@@ -1,0 +1,124 @@
+"""FreeMatch (Wang et al., ICLR 2023): FixMatch with self-adaptive thresholds and a fairness term."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from .base import Batch, register
+from .fixmatch import FixMatch, masked_cross_entropy
+
+
+@torch.no_grad()
+def update_confidence_state(probs: Tensor, time_p: Tensor, p_model: Tensor, label_hist: Tensor,
+                            momentum: float) -> None:
+    """FreeMatch's EMAs (in place) from the weak-view probabilities ``probs`` (n, K) of a batch:
+
+    - ``τ_t  ← m τ_t + (1 − m) mean_i max_k p_ik``  (global confidence),
+    - ``p̃_t ← m p̃_t + (1 − m) mean_i p_i``          (class-wise confidence),
+    - ``h_t  ← m h_t + (1 − m) hist(argmax_k p_ik) / n``  (pseudo-label histogram, for the fairness term).
+    """
+    probs = probs.float()
+    confidence, labels = probs.max(dim=1)
+    hist = torch.zeros_like(label_hist).index_add_(0, labels, torch.ones_like(confidence))
+    time_p.mul_(momentum).add_((1 - momentum) * confidence.mean())
+    p_model.mul_(momentum).add_((1 - momentum) * probs.mean(dim=0))
+    label_hist.mul_(momentum).add_((1 - momentum) * hist / hist.sum())
+
+
+def self_adaptive_thresholds(time_p: Tensor, p_model: Tensor) -> Tensor:
+    """``τ_t(c) = MaxNorm(p̃_t)(c) · τ_t = p̃_t(c) / max_c' p̃_t(c') · τ_t``, one per class (K,)."""
+    return p_model / p_model.max() * time_p
+
+
+def _inverse_or_zero(h: Tensor) -> Tensor:
+    return torch.where(h > 0, 1 / h.clamp_min(torch.finfo(h.dtype).tiny), torch.zeros_like(h))
+
+
+def fairness_loss(logits_strong: Tensor, mask: Tensor, p_model: Tensor, label_hist: Tensor) -> Tensor:
+    """FreeMatch's self-adaptive fairness ``L_f = −H(SumNorm(p̃_t / h_t), SumNorm(p̄ / h̄))``,
+    ``H(a, b) = −Σ_c a_c log b_c``.
+
+    Over the strong-view predictions of the rows that pass the threshold (``mask`` = 1):
+    ``p̄`` their mean probability, ``h̄`` the histogram of their argmax (normalised); classes with
+    ``h = 0`` get weight 0 (USB's ``1/h`` with inf replaced by 0). Minimising it *raises* the
+    cross-entropy: the confident predictions are pushed toward the model's expected class
+    distribution, not collapsed onto a few classes. 0 (with zero gradient) when no row passes, as USB.
+    Weighted mean form, so it needs no host sync; equal to USB's selection of the masked rows.
+    """
+    p = logits_strong.float().softmax(dim=1)
+    m = mask.to(p.dtype)
+    n = m.sum()
+    hist = torch.zeros(p.shape[1], dtype=p.dtype, device=p.device).index_add_(0, p.detach().argmax(dim=1), m)
+    hist = hist / n.clamp_min(1)
+    mean_p = (m[:, None] * p).sum(dim=0) / n.clamp_min(1)
+    target = p_model * _inverse_or_zero(label_hist)
+    target = target / target.sum()
+    modulated = mean_p * _inverse_or_zero(hist)
+    modulated = modulated / modulated.sum().clamp_min(1e-12)
+    loss = (target * torch.log(modulated + 1e-12)).sum()
+    return loss * (n > 0).to(loss.dtype)
+
+
+@register("freematch")
+class FreeMatch(FixMatch):
+    """``L = (1/μB) Σ_i 1[max p_i ≥ τ_t(argmax p_i)] · CE(f(A(u_i)), argmax p_i) + w_f · L_f``.
+
+    As :class:`~supercm.methods.fixmatch.FixMatch` (weak view = the training pass's unlabeled rows,
+    strong view = RandAugment + Cutout, one extra pass), with the fixed τ replaced by FreeMatch's
+    self-adaptive thresholds: each step, **before** the mask, the EMAs (momentum ``ema``, 0.999)
+    of the mean max-confidence τ_t, the mean probability p̃_t(c) and the pseudo-label histogram h_t
+    take in the weak-view probabilities (:func:`update_confidence_state`; τ_t, p̃_t, h_t start at
+    1/K), then ``τ_t(c) = p̃_t(c)/max p̃_t · τ_t`` (:func:`self_adaptive_thresholds`). ``L_f`` is
+    the self-adaptive fairness term (:func:`fairness_loss`), weight ``fairness_weight`` relative
+    to λ_u = ``method.delta`` (USB's ``ent_loss_ratio``: 0.001 in its CIFAR/SVHN configs, 0.01 its
+    default; with δ = 1 the objective is USB's ``sup + λ_u unsup + λ_e ent``).
+
+    The EMAs are buffers of this term: saved in checkpoints and restored on resume. In a
+    data-parallel run they take in the *global* batch's probabilities (``batch.gather``) and
+    ``L_f``, a function of the whole batch, is computed on the gathered strong logits and mask, so
+    every rank holds the state and the loss of a one-process run.
+
+    :meth:`pseudo_labels` gives ``(argmax p_i, mask_i)``: with ``cm.centroid_source=labeled+pseudo``
+    the rows above their class's threshold join SuperCM's centroids with weight 1.
+    """
+
+    @dataclass
+    class Options:
+        ema: float = field(default=0.999, metadata={"range": "[0, 1)"})
+        fairness_weight: float = field(default=0.001, metadata={"range": "[0, inf)"})
+        num_ops: int = field(default=2, metadata={"range": "[0, inf)"})
+        cutout: float = field(default=0.5, metadata={"range": "[0, 1]"})
+        pixel_min: float = -1.0
+        pixel_max: float = 1.0
+
+        def validate(self) -> None:
+            if not self.pixel_max > self.pixel_min:
+                raise ValueError(f"pixel_max ({self.pixel_max}) must be > pixel_min ({self.pixel_min})")
+
+    def setup(self, model: nn.Module) -> None:
+        k = model.head.num_classes
+        self.register_buffer("time_p", torch.full((), 1.0 / k))
+        self.register_buffer("p_model", torch.full((k,), 1.0 / k))
+        self.register_buffer("label_hist", torch.full((k,), 1.0 / k))
+
+    def thresholds(self, batch: Batch, probs: Tensor) -> Tensor:
+        """Update the EMAs with the global batch's weak-view probabilities; each row's threshold."""
+        update_confidence_state(batch.gather(probs.detach()), self.time_p, self.p_model, self.label_hist,
+                                self.options.ema)
+        return self_adaptive_thresholds(self.time_p, self.p_model)[probs.argmax(dim=1)]
+
+    def loss(self, batch: Batch) -> Tensor:
+        labels, mask = self.pseudo_labels(batch)
+        logits = self.strong_logits(batch)
+        loss = masked_cross_entropy(logits, labels, mask)
+        if self.options.fairness_weight:
+            fair = fairness_loss(batch.gather(logits), batch.gather(mask), self.p_model, self.label_hist)
+            loss = loss + self.options.fairness_weight * fair
+        return loss
+
+    @torch.no_grad()
+    def log_terms(self, batch: Batch) -> dict[str, Tensor]:
+        return {**super().log_terms(batch), "tau": self.time_p.clone()}
