@@ -35,10 +35,10 @@ torchvision's RandAugment does. Cutout: a square of side ``c·W`` (``c`` uniform
 
 torchvision's ``transforms.v2.functional`` does the operations that need no per-image magnitude
 (``autocontrast``, ``equalize``, ``rgb_to_grayscale``); the ones with a magnitude are written here,
-vectorised with one magnitude per image (torchvision's take one for the whole batch). Equalize and
-the geometric operations run only on the images that drew them (an index of the rows: one host
-sync per round on a GPU); every other operation is elementwise over the batch and selected per
-image, so an image's result never depends on the other images of the batch.
+vectorised with one magnitude per image (torchvision's take one for the whole batch). Each
+operation runs on the images that drew it only (grouped by operation: one host sync per round on
+a GPU, for the group sizes), and every operation works image by image, so an image's result never depends on the
+other images of the batch (what makes a data-parallel share equal to the whole batch's rows).
 """
 
 from __future__ import annotations
@@ -53,7 +53,6 @@ from torch import Tensor
 #: FixMatch's RandAugment operations (Sohn et al. 2020, USB's ``augment_list``), in draw order.
 FIXMATCH_OPS = ("identity", "autocontrast", "brightness", "color", "contrast", "equalize", "posterize",
                 "rotate", "sharpness", "shear_x", "shear_y", "solarize", "translate_x", "translate_y")
-_BLEND = ("brightness", "color", "contrast", "sharpness")
 _GEOMETRIC = ("rotate", "shear_x", "shear_y", "translate_x", "translate_y")
 CUTOUT_FILL = 0.5
 
@@ -116,40 +115,46 @@ def _per_image(t: Tensor) -> Tensor:
 
 
 def _apply(x: Tensor, op: Tensor, u: Tensor) -> Tensor:
-    """One round: image n gets operation ``op[n]`` at uniform magnitude ``u[n]``."""
+    """One round: image n gets operation ``op[n]`` at uniform magnitude ``u[n]``. The images are
+    grouped by operation (one host sync on a GPU: the group sizes) and each group transformed alone."""
+    counts = torch.bincount(op, minlength=len(FIXMATCH_OPS)).tolist()
+    groups = torch.argsort(op, stable=True).split(counts)
+    out = x.clone()
+    for name, rows in zip(FIXMATCH_OPS, groups):
+        if rows.numel() and name != "identity":
+            out.index_copy_(0, rows, _OPS[name](x[rows], u[rows], op[rows]))
+    return out
+
+
+def _blend(x: Tensor, degenerate: Tensor, u: Tensor) -> Tensor:
+    """PIL's ImageEnhance: ``clamp(d + f (x − d))`` with factor f = 0.05 + 0.9 u per image."""
+    factor = _per_image(0.05 + 0.9 * u).to(x.dtype)
+    return (degenerate + factor * (x - degenerate)).clamp_(0, 1)
+
+
+def _grey(x: Tensor) -> Tensor:
     from torchvision.transforms.v2 import functional as TF
 
-    n, c, h, w = x.shape
-    out = x
-    # Blends with a degenerate image (PIL's ImageEnhance): x' = clamp(d + f (x − d)).
-    factor = _per_image(0.05 + 0.9 * u).to(x.dtype)
-    grey = TF.rgb_to_grayscale(x) if c == 3 else x  # (N, 1, H, W) or x
-    degenerate = torch.zeros_like(x)
-    degenerate = torch.where(_per_image(op == _op("color")), grey.expand_as(x), degenerate)
-    degenerate = torch.where(_per_image(op == _op("contrast")), grey.mean(dim=(1, 2, 3), keepdim=True).expand_as(x),
-                             degenerate)
-    degenerate = torch.where(_per_image(op == _op("sharpness")), _smooth(x), degenerate)
-    blend = (degenerate + factor * (x - degenerate)).clamp_(0, 1)
-    is_blend = sum(op == _op(b) for b in _BLEND).bool()
-    out = torch.where(_per_image(is_blend), blend, out)
-    # Posterize: keep the top int(4 + 4u) bits of each 8-bit level.
+    return TF.rgb_to_grayscale(x) if x.shape[1] == 3 else x
+
+
+def _posterize(x: Tensor, u: Tensor) -> Tensor:
+    """Keep the top int(4 + 4u) bits of each 8-bit level."""
     bits = (4 + 4 * u).floor().clamp(1, 8).long()
     keep = _per_image((0xFF << (8 - bits)) & 0xFF)
-    levels = (x * 255).round_().long()
-    out = torch.where(_per_image(op == _op("posterize")), (levels & keep).to(x.dtype) / 255, out)
-    # Solarize: invert the 8-bit levels ≥ 256 u.
-    solar = torch.where(x * 255 >= _per_image(256 * u).to(x.dtype), 1 - x, x)
-    out = torch.where(_per_image(op == _op("solarize")), solar, out)
-    out = torch.where(_per_image(op == _op("autocontrast")), TF.autocontrast(x), out)
-    # Equalize and the geometric operations on the images that drew them only.
-    eq = (op == _op("equalize")).nonzero().squeeze(1)
-    if eq.numel():
-        levels8 = (x[eq] * 255).round_().to(torch.uint8)
-        out = out.index_copy(0, eq, TF.equalize(levels8).to(x.dtype) / 255)
-    geo = sum(op == _op(g) for g in _GEOMETRIC).bool().nonzero().squeeze(1)
-    if geo.numel():
-        out = out.index_copy(0, geo, _geometric(x[geo], op[geo], u[geo]))
-    return out
+    return ((x * 255).round_().long() & keep).to(x.dtype) / 255
+
+
+def _equalize(x: Tensor) -> Tensor:
+    from torchvision.transforms.v2 import functional as TF
+
+    return TF.equalize((x * 255).round_().to(torch.uint8)).to(x.dtype) / 255
+
+
+def _autocontrast(x: Tensor) -> Tensor:
+    from torchvision.transforms.v2 import functional as TF
+
+    return TF.autocontrast(x)
 
 
 def _smooth(x: Tensor) -> Tensor:
@@ -192,10 +197,24 @@ def _geometric(x: Tensor, op: Tensor, u: Tensor) -> Tensor:
     return F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)
 
 
+#: Each operation on the images that drew it: f(images, magnitudes u, operation indices).
+_OPS = {
+    "autocontrast": lambda x, u, op: _autocontrast(x),
+    "brightness": lambda x, u, op: _blend(x, torch.zeros_like(x), u),
+    "color": lambda x, u, op: _blend(x, _grey(x).expand_as(x), u),
+    "contrast": lambda x, u, op: _blend(x, _grey(x).mean(dim=(1, 2, 3), keepdim=True).expand_as(x), u),
+    "equalize": lambda x, u, op: _equalize(x),
+    "posterize": lambda x, u, op: _posterize(x, u),
+    "sharpness": lambda x, u, op: _blend(x, _smooth(x), u),
+    "solarize": lambda x, u, op: torch.where(x * 255 >= _per_image(256 * u).to(x.dtype), 1 - x, x),
+    **{g: (lambda x, u, op: _geometric(x, op, u)) for g in _GEOMETRIC},
+}
+
+
 def _cutout(x: Tensor, cut: Tensor, largest: float) -> Tensor:
     """A square of side ``cut[:, 0]·largest·W`` centred at (``cut[:, 1]·W``, ``cut[:, 2]·H``),
     clipped to the image (USB's ``CutoutAbs``), set to mid-grey."""
-    n, _, h, w = x.shape
+    h, w = x.shape[-2:]
     side = cut[:, 0] * largest * w
     x0 = (cut[:, 1] * w - side / 2).clamp(min=0).floor()
     y0 = (cut[:, 2] * h - side / 2).clamp(min=0).floor()
