@@ -118,6 +118,38 @@ def table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def curve_table(rows: list[dict], target: float = 0.9745) -> str:
+    """Test accuracy of the validation-selected model against iterations (mean over seeds), per
+    dataset, method and arm, for the runs that recorded a curve; and when each mean first reaches
+    ``target`` (the paper's MNIST-100 number by default), with the mean training seconds to get there."""
+    from supercm.analysis.compare import fmt_mean_std, summarize
+
+    by: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if r.get("curve"):
+            by.setdefault((r["dataset"], r["method"], _arm(r)), []).append(r)
+    if not by:
+        return ""
+    names = {"base": "", "cm": " + SuperCM", "cm_pseudo": " + SuperCM (pseudo centroids)"}
+    iterations = sorted({c["iteration"] for runs in by.values() for r in runs for c in r["curve"]})
+    out = ["| dataset | arm | " + " | ".join(str(i) for i in iterations) + f" | first ≥ {100 * target:.2f} % (mean) |",
+           "|---|---|" + "---|" * (len(iterations) + 1)]
+    for (dataset, method, arm), runs in by.items():
+        cells, reached = [], "not reached"
+        for i in iterations:
+            points = [c for r in runs for c in r["curve"] if c["iteration"] == i]
+            tests = [c["test_at_best_val"] for c in points if c["test_at_best_val"] is not None]
+            if len(tests) != len(runs):
+                cells.append("–")
+                continue
+            mean = statistics.mean(tests)
+            cells.append(fmt_mean_std(summarize(tests)))
+            if mean >= target and reached == "not reached":
+                reached = f"iteration {i} ({statistics.mean(c['seconds'] for c in points):.0f} s)"
+        out.append(f"| {dataset} | {LABELS[method]}{names[arm]} | " + " | ".join(cells) + f" | {reached} |")
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--datasets", nargs="+", default=["mnist10k", "fashion_mnist"])
@@ -162,6 +194,9 @@ def main(argv: list[str] | None = None) -> int:
     rows = [r for r in done if tuple(r["overrides"]) == tuple(overrides)]
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
     md = table(rows)
+    curves = curve_table(rows)
+    if curves:
+        md += "\n\nTest accuracy (%) of the validation-selected model against iterations, mean ± std over seeds:\n\n" + curves
     header = f"commit {commit}; command: python benchmarks/ssl_accuracy.py {' '.join(argv or sys.argv[1:])}\n\n"
     out.with_suffix(".md").write_text(header + md + "\n")
     print(md)
