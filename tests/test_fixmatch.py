@@ -353,3 +353,20 @@ def test_two_processes_train_freematch_like_one_process(tmp_path, images):
             torch.testing.assert_close(r[name], value, rtol=1e-5, atol=1e-7)
     assert torch.equal(ranks[0]["centroids"], ranks[1]["centroids"])
     torch.testing.assert_close(ranks[0]["centroids"], one.model.head.centroids, rtol=1e-5, atol=1e-6)
+
+
+def test_pseudo_label_gives_the_authors_pseudo_labeled_centroid_rows(images, monkeypatch):
+    """Pseudo-Label (the authors' form) pseudo-labels the rows with max p > τ; with
+    cm.centroid_source=labeled+pseudo those are what SuperCM's centroids take in (the authors' variant)."""
+    from supercm.methods.pseudo_label import PseudoLabel
+
+    t = Trainer(config(**{"method.name": "pseudo_label", "method.options": {"threshold": 0.165},
+                          "cm.centroid_source": "labeled+pseudo", "data.augmentation": None}), None, dataset=images)
+    labels_log = record(monkeypatch, PseudoLabel, "pseudo_labels", [])
+    loss_log = record(monkeypatch, SuperCM, "loss", [])
+    t.train_step()
+    (_, batch), _, (labels, weights) = labels_log[-1]
+    p = batch.logits_unlabeled.detach().softmax(1)
+    assert torch.equal(labels, p.argmax(1)) and torch.equal(weights, (p.max(1).values > 0.165).float())
+    assert loss_log[-1][0][1].pseudo_labels is labels_log[-1][2]
+    assert 0 < weights.sum() < weights.numel()
