@@ -187,6 +187,18 @@ def test_cifar10(tmp_path, no_md5):
     assert ds.test_x.flatten(1).mean(0).abs().max() > 1e-3
 
 
+def test_cifar10_unit_preprocessing_is_the_pixels_in_minus_one_one(tmp_path, no_md5):
+    """``preprocess="unit"`` (FixMatch's configs: RandAugment needs pixels) is ``x/127.5 − 1``, no cache."""
+    train, _, test, _ = _write_cifar10(tmp_path)
+    ds = load_dataset("cifar10", str(tmp_path), preprocess="unit")
+    raw_train = torch.from_numpy(train.reshape(-1, 3, 32, 32)).float()
+    assert torch.equal(ds.train_x, raw_train / 127.5 - 1)
+    assert torch.equal(ds.test_x, torch.from_numpy(test.reshape(-1, 3, 32, 32)).float() / 127.5 - 1)
+    assert not (tmp_path / "supercm-cache").exists()
+    with pytest.raises(ValueError, match="preprocess"):
+        load_dataset("cifar10", str(tmp_path), preprocess="zca")
+
+
 def test_cifar_preprocessing_is_cached_and_keyed_by_the_pixels(tmp_path, no_md5, monkeypatch):
     import supercm.data.torchvision_sets as tvs
 

@@ -18,6 +18,7 @@ from supercm.models import CMClassifier, ModelOutput, build_backbone
 from supercm.train import Trainer
 
 UNLABELED_METHODS = ["pseudo_label", "vat", "pi_model", "mean_teacher"]
+IMAGE_METHODS = ("fixmatch", "freematch")  # their strong augmentation needs images (tests/test_fixmatch.py)
 
 
 def make_step(method, seed=0, confident=False):
@@ -88,8 +89,8 @@ def test_extra_passes_leave_batchnorm_statistics_alone():
 
 
 def test_unknown_method_and_option_errors():
-    with pytest.raises(ValueError, match="unknown method 'fixmatch'"):
-        build_method("fixmatch")
+    with pytest.raises(ValueError, match="unknown method 'flexmatch'"):
+        build_method("flexmatch")
     with pytest.raises(ValueError, match="unknown option method.options.treshold for method 'pseudo_label'"):
         build_method("pseudo_label", {"treshold": 0.9})
 
@@ -102,15 +103,17 @@ def digits():
 @pytest.mark.parametrize("name", sorted(set(METHODS) - {"supercm"}))
 @pytest.mark.parametrize("beta", [0.0, 0.3])
 def test_each_method_with_and_without_supercm_trains(name, beta, digits):
+    images = name in IMAGE_METHODS  # a strong augmentation needs images: the digits as 8×8 images, a CNN
     cfg = from_dict({
         "data": {"num_labeled": 50, "num_validation": 100},
-        "model": {"options": {"width": 16, "depth": 1}},
+        "model": {"backbone": "cnn", "options": {"width": 8, "convs_per_block": 1}} if images
+        else {"options": {"width": 16, "depth": 1}},
         "cm": {"beta": beta},
         "method": {"name": name, "delta": 0.5, "rampup": 5},
         "train": {"iterations": 8, "batch_labeled": 10, "batch_unlabeled": 10, "eval_every": 4,
                   "progress": False, "tensorboard": False},
     })
-    t = Trainer(cfg, None, dataset=digits)
+    t = Trainer(cfg, None, dataset=load_dataset("digits", image=True) if images else digits)
     logs = [t.train_step() for _ in range(8)]
     assert all(torch.isfinite(torch.as_tensor(float(v))) for l in logs for v in l.values())
     if name != "supervised":

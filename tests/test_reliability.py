@@ -270,7 +270,7 @@ CATALOGUE = [
     ("vat-xi-nan", over("method.name=vat", "method.options.xi=.nan"), "method.options.xi for method 'vat' must be in"),
     ("supervised-has-no-options", over("method.options.threshold=0.9"),
      "unknown option method.options.threshold for method 'supervised'; allowed: none"),
-    ("method-unknown", over("method.name=fixmatch"), "'method.name' must be one of"),
+    ("method-unknown", over("method.name=flexmatch"), "'method.name' must be one of"),
     ("method-options-not-a-mapping", over("method.name=vat", "method.options=3"),
      "'method.options' must be of type dict"),
     ("backbone-switch-keeps-stale-options", lambda tmp, fin: ["train", DIGITS_YAML, "model.backbone=cnn",

@@ -32,3 +32,20 @@ def test_every_benchmark_config_exists():
         for m in ssl_accuracy.METHODS:
             for cm in (False, True):
                 assert ssl_accuracy.config_path(d, m, cm).exists()
+
+
+def test_the_pseudo_centroid_arm_is_paired_with_the_base_and_curves_are_averaged():
+    rows = [row("fixmatch", False, s, t) for s, t in enumerate([0.95, 0.96, 0.94])]
+    rows += [{**row("fixmatch", True, s, t), "arm": "cm_pseudo"} for s, t in enumerate([0.97, 0.98, 0.96])]
+    for r, tests in zip(rows, [[0.9, 0.95]] * 3 + [[0.96, 0.98]] * 3):
+        r["curve"] = [{"iteration": i, "seconds": 5.0 * i, "val": 0.5, "test_at_best_val": t}
+                      for i, t in zip((100, 200), tests)]
+    md = ssl_accuracy.table(rows)
+    line = next(l for l in md.splitlines() if "labeled + pseudo" in l)
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[2] == "95.00 ± 1.00" and cells[3] == "97.00 ± 1.00" and cells[4] == "+2.00" and cells[5] == "3/3"
+    base_only = next(l for l in md.splitlines() if "| FixMatch |" in l)  # no "+ SuperCM" arm was run
+    assert base_only.split("|")[4].strip() == "–"
+    curves = ssl_accuracy.curve_table(rows)
+    assert "| d | FixMatch | 90.00 ± 0.00 | 95.00 ± 0.00 | not reached |" in curves
+    assert "| d | FixMatch + SuperCM (pseudo centroids) | 96.00 ± 0.00 | 98.00 ± 0.00 | iteration 200 (1000 s) |" in curves

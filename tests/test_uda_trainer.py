@@ -210,7 +210,7 @@ def test_uda_config_errors_name_the_key():
     with pytest.raises(ConfigError, match=r"regularisers\[0\].name"):
         from_dict({"regularisers": [{"name": "supercm"}]})
     with pytest.raises(ConfigError, match=r"regularisers\[0\].name"):  # the registry's check, above config
-        check_terms(from_dict({"regularisers": [{"name": "fixmatch"}]}))
+        check_terms(from_dict({"regularisers": [{"name": "flexmatch"}]}))
     with pytest.raises(ConfigError, match="optim.name"):
         from_dict({"optim": {"name": "rmsprop"}})
     with pytest.raises(ConfigError, match="train.batch_unlabeled"):

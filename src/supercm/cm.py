@@ -302,12 +302,15 @@ def cm_loss(
         return loss if e4 is None else loss + e4
 
 
-def class_sums(features: Tensor, labels: Tensor, num_classes: int) -> tuple[Tensor, Tensor]:
-    """Per-class feature sums (K, d) and counts (K,), vectorised (no loop over classes)."""
+def class_sums(features: Tensor, labels: Tensor, num_classes: int,
+               weights: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Per-class feature sums (K, d) and counts (K,), vectorised (no loop over classes); with
+    ``weights`` (n,), the weighted sums ``Σ_i w_i x_i`` and total weights ``Σ_i w_i`` per class."""
     sums = features.new_zeros(num_classes, features.shape[1])
-    sums.index_add_(0, labels, features)
+    ones = features.new_ones(labels.shape[0]) if weights is None else weights.to(features.dtype)
+    sums.index_add_(0, labels, features if weights is None else features * ones[:, None])
     # Not torch.bincount: on CUDA it reads max(labels) back to the host, a sync every step.
-    counts = features.new_zeros(num_classes).index_add_(0, labels, features.new_ones(labels.shape[0]))
+    counts = features.new_zeros(num_classes).index_add_(0, labels, ones)
     return sums, counts
 
 
@@ -439,11 +442,13 @@ class ClusteringModule(nn.Module):
         )
 
     @torch.no_grad()
-    def update_centroids(self, features: Tensor, labels: Tensor) -> None:
+    def update_centroids(self, features: Tensor, labels: Tensor, weights: Tensor | None = None) -> None:
         """Fold a batch of labeled ``features`` (n, d) with ``labels`` (n,) into μ.
 
         Detached and gradient-free; vectorised over classes. See the class
         docstring for the rules. A no-op for ``centroids="learned"``.
+        ``weights`` (n,) ≥ 0: sample i counts w_i times (``m_k`` the weighted class mean,
+        ``n_k`` the class's total weight); a class whose total weight is 0 is absent.
         """
         if self.check_inputs:
             self._check_labeled(features, labels)
@@ -453,7 +458,8 @@ class ClusteringModule(nn.Module):
         # Accumulate in at least float32 even when the module was cast to half precision.
         work = torch.promote_types(mu.dtype, torch.float32)
         labels = labels.long()
-        sums, counts = class_sums(features.detach().to(work), labels, self.num_classes)
+        sums, counts = class_sums(features.detach().to(work), labels, self.num_classes,
+                                  None if weights is None else weights.detach().to(work))
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             packed = torch.cat([sums, counts[:, None]], dim=1)
             dist.all_reduce(packed)
@@ -464,14 +470,14 @@ class ClusteringModule(nn.Module):
         # Every rule is μ_k ← μ_k + r_k (m_k − μ_k) = (1 − r_k) μ_k + (r_k / n_k) s_k, with s_k the
         # class sum, n_k its count and r_k = 0 for classes absent from the batch:
         #   paper: r_k = 1/τ;  mean: r_k = n_k / (c_k + n_k);  ema: r_k = 1 − momentum (1 on first sight).
-        present = counts.clamp(max=1)
+        present = (counts > 0).to(work)
         if self.rule == "paper":
             rate = present / self.num_updates.to(work)
         elif self.rule == "mean":
             rate = counts / (self.class_counts.to(work) + counts).clamp_min(1)
         else:  # ema
             rate = present * torch.where(self.class_counts > 0, 1.0 - self.momentum, 1.0).to(work)
-        per_sample = (rate / counts.clamp_min(1))[:, None]
+        per_sample = (rate / torch.where(counts > 0, counts, 1.0))[:, None]
         if mu.dtype == work:
             mu.mul_(1.0 - rate[:, None]).addcmul_(sums, per_sample)
         else:

@@ -135,6 +135,14 @@ class CMConfig(_Section):
     temperature: float = Field(1.0, gt=0)
     alpha: float = Field(1.0, gt=0)  # Dirichlet prior; 1 (SuperCM) makes E4 vanish
     features: Literal["reuse", "eval_pass"] = "reuse"  # reuse: detached training features; eval_pass: extra eval-mode pass (authors' code)
+    centroid_source: Literal["labeled", "labeled+pseudo"] = "labeled"  # labeled+pseudo: also the unlabeled rows the base method pseudo-labels
+
+    @model_validator(mode="after")
+    def _pseudo_needs_reuse(self) -> "CMConfig":
+        if self.centroid_source != "labeled" and self.features != "reuse":
+            raise ConfigError("config key 'cm.centroid_source' 'labeled+pseudo' needs cm.features='reuse' (the "
+                              "pseudo-labeled features are the training pass's)")
+        return self
 
 
 class MethodConfig(_Section):

@@ -71,6 +71,10 @@ class Objective(nn.Module):
         for term, _, _ in weighted:
             term.before_forward(batch)
         batch.output = self.model_call(batch.x)
+        for term, _, _ in weighted:  # before any loss: SuperCM's centroids may take them in first
+            labels = term.pseudo_labels(batch)
+            if labels is not None and batch.pseudo_labels is None:
+                batch.pseudo_labels = labels
         ce = F.cross_entropy(batch.logits_labeled, batch.y_labeled)
         loss = ce
         logs: dict[str, Tensor] = {"ce": ce.detach()}

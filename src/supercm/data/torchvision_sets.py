@@ -199,9 +199,16 @@ def _write_cache(path: Path, train_x: Tensor, test_x: Tensor) -> None:
                       stacklevel=3)
 
 
+#: Values of the CIFAR loaders' ``preprocess``: the paper's GCN + ZCA, or pixels scaled to [−1, 1].
+CIFAR_PREPROCESS = ("gcn_zca", "unit")
+
+
 def _load_cifar(
-    name: str, root: str | os.PathLike | None, download: bool, hundred: bool, cache: bool = True
+    name: str, root: str | os.PathLike | None, download: bool, hundred: bool, cache: bool = True,
+    preprocess: str = "gcn_zca",
 ) -> ArrayDataset:
+    if preprocess not in CIFAR_PREPROCESS:
+        raise ValueError(f"preprocess must be one of {', '.join(CIFAR_PREPROCESS)}, got {preprocess!r}")
     from torchvision import datasets
 
     cls = datasets.CIFAR100 if hundred else datasets.CIFAR10
@@ -220,6 +227,10 @@ def _load_cifar(
     for train in (True, False):
         ds = _open(name.upper(), root, cls, train=train, download=download)
         raw += [ds.data, torch.as_tensor(ds.targets, dtype=torch.long)]  # data: (N, H, W, C) uint8
+    if preprocess == "unit":  # pixels as the network's input, for photometric augmentation (RandAugment)
+        train_x, test_x = (to_unit_range(torch.from_numpy(a).permute(0, 3, 1, 2).contiguous()) for a in (raw[0], raw[2]))
+        return ArrayDataset(name, train_x, raw[1], test_x, raw[3], num_classes=100 if hundred else 10,
+                            augment=dict(CIFAR_AUGMENT))
     path = _cache_file(root, name, raw[0], raw[2]) if cache else None
     cached = _read_cache(path, len(raw[0]), len(raw[2])) if path is not None else None
     if cached is not None:
@@ -234,7 +245,8 @@ def _load_cifar(
     )
 
 
-def load_cifar10(root: str | os.PathLike | None = None, *, download: bool = False, cache: bool = True) -> ArrayDataset:
+def load_cifar10(root: str | os.PathLike | None = None, *, download: bool = False, cache: bool = True,
+                 preprocess: str = "gcn_zca") -> ArrayDataset:
     """CIFAR-10: 50,000 train / 10,000 test, (N, 3, 32, 32) float32, GCN + ZCA (see :func:`gcn_zca`).
 
     Read by ``torchvision.datasets.CIFAR10`` from the python pickles in
@@ -242,15 +254,17 @@ def load_cifar10(root: str | os.PathLike | None = None, *, download: bool = Fals
     ``batches.meta``). Augment: flip, crop_pad 2, Gaussian noise σ = 0.15.
     Fitting and applying the whitening (a 3072×3072 covariance) takes about half a
     minute on two CPU cores; the result is cached under ``root/supercm-cache/`` (``cache=False``
-    neither reads nor writes it).
+    neither reads nor writes it). ``preprocess="unit"``: the pixels scaled by ``x/127.5 − 1``
+    instead (what FixMatch's RandAugment needs: photometric operations mean nothing on whitened data).
     """
-    return _load_cifar("cifar10", root, download, hundred=False, cache=cache)
+    return _load_cifar("cifar10", root, download, hundred=False, cache=cache, preprocess=preprocess)
 
 
-def load_cifar100(root: str | os.PathLike | None = None, *, download: bool = False, cache: bool = True) -> ArrayDataset:
+def load_cifar100(root: str | os.PathLike | None = None, *, download: bool = False, cache: bool = True,
+                  preprocess: str = "gcn_zca") -> ArrayDataset:
     """CIFAR-100 (fine labels, 100 classes): 50,000 train / 10,000 test, GCN + ZCA as CIFAR-10.
 
     Read by ``torchvision.datasets.CIFAR100`` from ``root/cifar-100-python``
     (``train``, ``test``, ``meta``). Augment: flip, crop_pad 2, noise σ = 0.15.
     """
-    return _load_cifar("cifar100", root, download, hundred=True, cache=cache)
+    return _load_cifar("cifar100", root, download, hundred=True, cache=cache, preprocess=preprocess)

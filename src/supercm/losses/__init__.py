@@ -10,17 +10,22 @@ as they are:
 * :mod:`~supercm.losses.nuclear_norm` — batch nuclear-norm maximisation, :func:`bnm_loss` (BNM);
 * :mod:`~supercm.losses.divergence` — the KL divergences of VAT (:func:`kl`, :func:`kl_logits`) and
   :func:`unit_rows`;
-* :mod:`~supercm.losses.pseudo_label` — :func:`pseudo_label_target`.
+* :mod:`~supercm.losses.pseudo_label` — :func:`pseudo_label_target`;
+* :mod:`~supercm.losses.confidence` — FixMatch's :func:`confident_labels` and :func:`masked_cross_entropy`;
+* :mod:`~supercm.losses.self_adaptive` — FreeMatch's :func:`update_confidence_state`,
+  :func:`self_adaptive_thresholds` and :func:`fairness_loss`.
 
 SuperCM's own loss lives with its head in :mod:`supercm.cm`.
 """
 
 from .class_confusion import mcc_loss
+from .confidence import confident_labels, masked_cross_entropy
 from .divergence import kl, kl_logits, unit_rows
 from .domain_adversarial import DomainDiscriminator, dann_loss
 from .grl import GradientReversal, GradReverse, dann_lambda, grad_reverse
 from .nuclear_norm import BNM_NORMALISATIONS, bnm_loss
 from .pseudo_label import pseudo_label_target
+from .self_adaptive import fairness_loss, self_adaptive_thresholds, update_confidence_state
 
 __all__ = [
     "BNM_NORMALISATIONS",
@@ -28,12 +33,17 @@ __all__ = [
     "GradReverse",
     "GradientReversal",
     "bnm_loss",
+    "confident_labels",
     "dann_lambda",
     "dann_loss",
+    "fairness_loss",
     "grad_reverse",
     "kl",
     "kl_logits",
+    "masked_cross_entropy",
     "mcc_loss",
     "pseudo_label_target",
+    "self_adaptive_thresholds",
     "unit_rows",
+    "update_confidence_state",
 ]

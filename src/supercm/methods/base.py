@@ -49,6 +49,12 @@ class Batch:
     the *global* batch and return this process's rows (``labeled_rows`` / ``unlabeled_rows`` of
     ``global_sizes``), so every random number equals a one-process run's and the processes' random
     streams stay together. ``augment(t)`` augments any tensor as it is (no such guarantee).
+    :meth:`drawn` does the same for an augmentation a term owns (FixMatch's RandAugment), drawing
+    from ``generator``, the trainer's augmentation generator (checkpointed with it).
+
+    ``pseudo_labels``: ``(labels, weights)`` of the unlabeled rows from the first term (in the order
+    the terms are summed) whose :meth:`Term.pseudo_labels` gives some this step; ``None`` if none
+    does. SuperCM's ``centroid_source="labeled+pseudo"`` folds them into its centroids.
     """
 
     model: nn.Module
@@ -65,6 +71,8 @@ class Batch:
     labeled_rows: slice | None = None
     unlabeled_rows: slice | None = None
     global_sizes: tuple[int, int] | None = None
+    generator: torch.Generator | None = None  # the trainer's augmentation generator
+    pseudo_labels: tuple[Tensor, Tensor] | None = None
 
     def _global_rows(self, which: str) -> tuple[Tensor | slice | None, int | None]:
         """(this process's rows ``which`` in the global batch, the global count); (None, None) in one process."""
@@ -86,6 +94,15 @@ class Batch:
         rows, of = self._global_rows(which)
         raw = {"all": self.x_raw, "labeled": self.x_labeled_raw, "unlabeled": self.x_unlabeled_raw}[which]
         return self.augment(raw) if rows is None else self.augment(raw, rows, of)
+
+    def drawn(self, aug: Callable[..., Tensor], x: Tensor, which: str = "unlabeled", **kwargs) -> Tensor:
+        """``aug(x, generator, **kwargs)`` for ``x`` holding the rows ``which`` of the batch, drawn from
+        :attr:`generator`; in a data-parallel run ``aug(x, generator, rows, of, **kwargs)``, drawn for
+        the global batch (``aug`` follows :class:`~supercm.data.augment.Augment`'s ``rows``/``of``)."""
+        if self.generator is None:
+            raise ValueError("Batch.generator is None: this term draws its own augmentation from the trainer's generator")
+        rows, of = self._global_rows(which)
+        return aug(x, self.generator, **kwargs) if rows is None else aug(x, self.generator, rows, of, **kwargs)
 
     def randn(self, which: str = "all") -> Tensor:
         """N(0, 1) noise shaped like the rows ``which`` of ``x``, from torch's default generator."""
@@ -189,6 +206,13 @@ class Term(nn.Module):
         """This term's loss for the step, or None when it adds nothing."""
         return None
 
+    def pseudo_labels(self, batch: Batch) -> tuple[Tensor, Tensor] | None:
+        """``(labels (n_u,), weights (n_u,))``: the class each unlabeled row is trained toward and the
+        weight its loss gives it (0 for rows below the threshold), or None for terms that do not
+        pseudo-label. The objective calls it once per step, after the model call and before any
+        loss; a term whose labels update state (FreeMatch's thresholds) must do so once per batch."""
+        return None
+
     def log_terms(self, batch: Batch) -> dict[str, Tensor]:
         """Extra scalars for the metrics file, asked for on logged steps only (no gradient)."""
         return {}
@@ -225,6 +249,12 @@ def check_terms(cfg: Any) -> None:
     METHODS[cfg.method.name].check_options(cfg.method.options)
     for reg in cfg.regularisers:
         METHODS[reg.name].check_options(reg.options)
+    labelers = [n for n in (cfg.method.name, *(r.name for r in cfg.regularisers))
+                if METHODS[n].pseudo_labels is not Term.pseudo_labels]
+    if cfg.cm.centroid_source != "labeled" and not labelers:
+        able = ", ".join(sorted(n for n in METHODS if METHODS[n].pseudo_labels is not Term.pseudo_labels))
+        raise ConfigError(f"config key 'cm.centroid_source' 'labeled+pseudo' needs a base method or regulariser that "
+                          f"pseudo-labels ({able}), got method.name={cfg.method.name!r}")
 
 
 def build_method(name: str, options: dict | None = None) -> Term:

@@ -37,6 +37,15 @@ class PseudoLabel(Term):
     #: Weight of a confident sample's one-hot target in the authors' form.
     CONFIDENT_WEIGHT = 10.0
 
+    def pseudo_labels(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        """``(argmax p_i, 1[max p_i > threshold])`` (``≥`` for the textbook form): the rows whose
+        one-hot target counts (for SuperCM's ``cm.centroid_source=labeled+pseudo``: the authors'
+        pseudo-labeled centroids, ``max γ > 0.95``)."""
+        confidence, labels = batch.logits_unlabeled.detach().float().softmax(dim=1).max(dim=1)
+        if self.options.variant == "textbook":
+            return labels, (confidence >= self.options.threshold).float()
+        return labels, (confidence > self.options.threshold).float()
+
     def loss(self, batch: Batch) -> Tensor:
         if self.options.variant == "textbook":
             logits = batch.logits_unlabeled

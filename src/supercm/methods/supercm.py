@@ -10,6 +10,8 @@ from torch import Tensor
 from .base import Batch, Term, register
 
 FEATURE_MODES = ("reuse", "eval_pass")
+#: Values of ``cm.centroid_source``: what the centroids are computed from.
+CENTROID_SOURCES = ("labeled", "labeled+pseudo")
 
 
 @register("supercm")
@@ -26,6 +28,18 @@ class SuperCM(Term):
     the un-augmented labeled batch, under ``no_grad``, taken before the training pass moves
     those statistics.
 
+    ``centroid_source`` (``cm.centroid_source``): ``"labeled"`` (the paper) folds in the labeled
+    features alone. ``"labeled+pseudo"`` (a variant of the authors' code) also folds in the
+    unlabeled rows the base method pseudo-labels (``batch.pseudo_labels``: FixMatch, FreeMatch,
+    Pseudo-Label), weighted as the method weights them. The rule: with labeled features ``x_i``,
+    labels ``y_i``, unlabeled features ``u_j`` (the training pass's, detached), pseudo-labels ``ŷ_j``
+    and weights ``w_j`` (1 where the confidence passes the method's threshold, else 0),
+
+        ``m_k = (Σ_{i: y_i = k} x_i + Σ_{j: ŷ_j = k} w_j u_j) / (n_k + Σ_{j: ŷ_j = k} w_j)``
+
+    replaces the labeled class mean in the centroid rule (a class is present when its total weight
+    is > 0). Needs ``features="reuse"`` and a base method that pseudo-labels.
+
     The model must be a :class:`supercm.models.CMClassifier` (a backbone and a
     :class:`supercm.cm.ClusteringModule` head): the CM encoder is the classifier.
     """
@@ -35,6 +49,12 @@ class SuperCM(Term):
     @dataclass
     class Options:
         features: str = field(default="reuse", metadata={"choices": FEATURE_MODES})
+        centroid_source: str = field(default="labeled", metadata={"choices": CENTROID_SOURCES})
+
+        def validate(self) -> None:
+            if self.centroid_source == "labeled+pseudo" and self.features != "reuse":
+                raise ValueError("centroid_source='labeled+pseudo' needs features='reuse' (the pseudo-labeled "
+                                 "features are the training pass's)")
 
     def before_forward(self, batch: Batch) -> None:
         if self.options.features == "eval_pass":
@@ -47,7 +67,12 @@ class SuperCM(Term):
 
     def loss(self, batch: Batch) -> Tensor:
         head = batch.model.head
-        if self.options.features == "reuse":
+        if self.options.centroid_source == "labeled+pseudo" and batch.pseudo_labels is not None:
+            labels, weights = batch.pseudo_labels
+            head.update_centroids(
+                batch.features.detach(), torch.cat([batch.y_labeled, labels]),
+                torch.cat([weights.new_ones(batch.num_labeled), weights]))
+        elif self.options.features == "reuse":
             head.update_centroids(batch.features_labeled.detach(), batch.y_labeled)
         # The forward pass's γμ used the centroids before this update: the loss recomputes it.
         return head.loss(batch.features, batch.output._replace(reconstruction=None))
