@@ -128,7 +128,7 @@ def test_to_dict_is_a_plain_copy():
 
 
 @pytest.mark.parametrize("data,match", [
-    ({"method": {"name": "fixmatch"}}, r"config key 'method.name' must be one of bnm, dann, .*, vat, got 'fixmatch'"),
+    ({"method": {"name": "flexmatch"}}, r"config key 'method.name' must be one of bnm, dann, .*, vat, got 'flexmatch'"),
     ({"regularisers": [{"name": "mcc"}, {"name": "nope"}]}, r"config key 'regularisers\[1\].name' must be one of .*got 'nope'"),
     ({"method": {"options": {"threshold": 0.9}}}, r"unknown option method.options.threshold for method 'supervised'; allowed: none"),
     ({"method": {"name": "pseudo_label", "options": {"threshold": 5}}},

@@ -307,7 +307,8 @@ def test_freematch_with_pseudo_centroids_resumes_exactly(images, tmp_path):
 def test_the_freematch_resume_test_fails_when_its_state_is_lost(images, tmp_path, lost):
     def tamper(state):
         if lost == "ema_state":
-            state["method"] = {k: torch.full_like(v, 0.1) for k, v in state["method"].items()}
+            # The terms' states in summation order (SuperCM's holds nothing; FreeMatch's holds its EMAs).
+            state["terms"] = [{k: torch.full_like(v, 0.1) for k, v in ts.items()} for ts in state["terms"]]
         else:
             state["aug_generator"] = torch.Generator().manual_seed(123).get_state()
 
