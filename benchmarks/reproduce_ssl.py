@@ -138,10 +138,12 @@ def main() -> None:
         print("| run | identical | max relative difference |\n|---|---|---|")
         for r in records:
             o = old.get(r["name"])
-            # Result fields added since the reference commit (e.g. the UDA oracle) are not compared.
+            # Fields added since the reference commit (e.g. the UDA oracle, the label-free selection scores in
+            # eval.jsonl and their choices in the result) are not compared; every field the reference has is.
             diff = float("inf") if o is None else max_rel_diff(
                 {"metrics": o["metrics"], "evals": o["evals"], "result": o["result"]},
-                {"metrics": r["metrics"], "evals": r["evals"], "result": {k: r["result"].get(k) for k in o["result"]}})
+                {"metrics": r["metrics"], "evals": [{k: e.get(k) for k in oe} for e, oe in zip(r["evals"], o["evals"])]
+                 + r["evals"][len(o["evals"]):], "result": {k: r["result"].get(k) for k in o["result"]}})
             print(f"| {r['name']} | {'yes' if diff == 0 else 'no'} | {diff:.3g} |")
 
 
