@@ -18,7 +18,7 @@ SuperCM's own loss lives with its head in :mod:`supercm.cm`.
 from .class_confusion import mcc_loss
 from .divergence import kl, kl_logits, unit_rows
 from .domain_adversarial import DomainDiscriminator, dann_loss
-from .grl import GradientReversal, GradReverse, dann_lambda, grad_reverse
+from .grl import GradientReversal, GradReverse, dann_lambda, dann_lambda_progress, grad_reverse
 from .nuclear_norm import BNM_NORMALISATIONS, bnm_loss
 from .pseudo_label import pseudo_label_target
 
@@ -29,6 +29,7 @@ __all__ = [
     "GradientReversal",
     "bnm_loss",
     "dann_lambda",
+    "dann_lambda_progress",
     "dann_loss",
     "grad_reverse",
     "kl",
