@@ -15,10 +15,25 @@ def rampup(iteration: int, length: int) -> float:
     return math.exp(-5.0 * (1.0 - t) ** 2)
 
 
-def lr_factor(optim: OptimConfig, iteration: int) -> float:
-    """The learning-rate multiplier at ``iteration`` (0-based): the annealed schedule of the
-    domain-adaptation protocol, (1 + γ·i)^(−p), and/or the step decay of the SSL protocol."""
-    factor = (1.0 + optim.anneal_gamma * iteration) ** (-optim.anneal_power) if optim.schedule == "annealed" else 1.0
+def lr_factor(optim: OptimConfig, iteration: int, total_iterations: int | None = None) -> float:
+    """The learning-rate multiplier at ``iteration`` (0-based), and/or the step decay of the SSL protocol:
+
+    * ``annealed`` (tllib, per iteration): (1 + γ·i)^(−power), γ = ``anneal_gamma``;
+    * ``progress`` (the DANN paper, over the run): (1 + α·p)^(−power), p = i / ``total_iterations``,
+      α = ``progress_alpha`` (η_p = 0.01/(1 + 10p)^0.75 as published);
+    * ``step``: 1.
+
+    ``decay_at`` multiplies by ``decay_factor`` from that iteration on, under any schedule.
+    """
+    if optim.schedule == "annealed":
+        factor = (1.0 + optim.anneal_gamma * iteration) ** (-optim.anneal_power)
+    elif optim.schedule == "progress":
+        if not total_iterations or total_iterations < 1:
+            raise ValueError("optim.schedule='progress' needs the run's length (train.iterations)")
+        p = min(iteration / total_iterations, 1.0)
+        factor = (1.0 + optim.progress_alpha * p) ** (-optim.anneal_power)
+    else:
+        factor = 1.0
     if optim.decay_at is not None and iteration >= optim.decay_at:
         factor *= optim.decay_factor
     return factor
