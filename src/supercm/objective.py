@@ -68,8 +68,11 @@ class Objective(nn.Module):
         """(loss, logged scalars) of the step; ``weighted`` lists (term, weight now, log key) in
         the order the terms are summed; ``batch.output`` holds the model call's output after it.
         ``log_terms``: also the terms' extra scalars (SuperCM's E1..E4), without gradient."""
-        for term, _, _ in weighted:
+        terms = [term for term, _, _ in weighted]
+        for term in terms:
             term.before_forward(batch)
+        if not all(term.model_sees_unlabeled(batch, terms) for term in terms):
+            batch.keep_labeled_only()  # e.g. domain adaptation's source only: BatchNorm of the source rows
         batch.output = self.model_call(batch.x)
         ce = F.cross_entropy(batch.logits_labeled, batch.y_labeled)
         loss = ce
