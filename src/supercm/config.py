@@ -177,13 +177,12 @@ class OptimConfig(_Section):
     momentum: float = Field(0.9, ge=0, lt=1)  # sgd
     nesterov: bool = True  # sgd
     # step: × decay_factor at decay_at; annealed (tllib): × (1 + anneal_gamma·i)^(−anneal_power) every step;
-    # progress (the DANN paper): × (1 + progress_alpha·p)^(−anneal_power), p = i / train.iterations, every step
+    # progress (the DANN paper): × (1 + 10·p)^(−anneal_power), p = i / train.iterations, every step (anneal_gamma unused)
     schedule: Literal["step", "annealed", "progress"] = "step"
     decay_at: int | None = Field(None, ge=0, json_schema_extra=_note(" (or null: never)"))  # iteration at which lr is multiplied by decay_factor
     decay_factor: float = Field(0.2, gt=0, json_schema_extra=_note(" (the learning rate is multiplied by it)"))
     anneal_gamma: float = Field(0.001, ge=0)
     anneal_power: float = Field(0.75, ge=0)
-    progress_alpha: float = Field(10.0, ge=0)  # schedule=progress: α of η0·(1 + α·p)^(−anneal_power) (10 in the DANN paper)
     backbone_lr_mult: float = Field(1.0, gt=0)  # the backbone's lr relative to the head and the terms' modules (0.1 for a pretrained one)
 
 
