@@ -180,7 +180,7 @@ def _run_uda(base: Config, method: str, beta: float, seed: int, root: str) -> Ru
     return Trainer(cfg, None, dataset=_uda_pair(root)).fit()
 
 
-def run_uda_demo(seeds: int = 3, iterations: int | None = None, workers: int | None = None,
+def run_uda_demo(seeds: int = 2, iterations: int | None = None, workers: int | None = None,
                  root: str | None = None, echo=print) -> dict:
     """Source only, DANN and DANN + SuperCM on MNIST → MNIST-M-style; target test accuracy of the
     iterate chosen on held-out *source* samples (no target label is read to choose)."""
