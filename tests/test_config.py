@@ -130,7 +130,7 @@ def test_to_dict_is_a_plain_copy():
 @pytest.mark.parametrize("data,match", [
     ({"method": {"name": "flexmatch"}}, r"config key 'method.name' must be one of bnm, dann, .*, vat, got 'flexmatch'"),
     ({"regularisers": [{"name": "mcc"}, {"name": "nope"}]}, r"config key 'regularisers\[1\].name' must be one of .*got 'nope'"),
-    ({"method": {"options": {"threshold": 0.9}}}, r"unknown option method.options.threshold for method 'supervised'; allowed: none"),
+    ({"method": {"options": {"threshold": 0.9}}}, r"unknown option method.options.threshold for method 'supervised'; allowed: forward"),
     ({"method": {"name": "pseudo_label", "options": {"threshold": 5}}},
      r"option method.options.threshold for method 'pseudo_label' must be in \[0, 1\], got 5.0"),
     ({"method": {"name": "vat", "options": {"xi": math.nan}}}, r"option method.options.xi for method 'vat' must be in \(0, inf\)"),

@@ -8,8 +8,9 @@ import torch
 from supercm import ClusteringModule
 from supercm.models import BACKBONES, CMClassifier, build_backbone
 
-SHAPES = {"mlp": (64,), "cnn": (3, 28, 28), "wrn28_2": (3, 32, 32), "wrn28_8": (3, 32, 32)}
-FEATURES = {"mlp": 128, "cnn": 128, "wrn28_2": 128, "wrn28_8": 512}
+SHAPES = {"mlp": (64,), "cnn": (3, 28, 28), "wrn28_2": (3, 32, 32), "wrn28_8": (3, 32, 32),
+          "ganin_mnist": (3, 28, 28), "dtn": (3, 32, 32)}
+FEATURES = {"mlp": 128, "cnn": 128, "wrn28_2": 128, "wrn28_8": 512, "ganin_mnist": 768, "dtn": 512}
 # The ResNets: random weights (no ImageNet weights on test machines), small images, the 256-d bottleneck.
 for _r in ("resnet18", "resnet34", "resnet50", "resnet101"):
     SHAPES[_r], FEATURES[_r] = (3, 32, 32), 256

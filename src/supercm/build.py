@@ -180,9 +180,11 @@ def build_optimizer(optim: OptimConfig, groups: list[dict]) -> torch.optim.Optim
     return torch.optim.Adam(groups, lr=optim.lr, weight_decay=optim.weight_decay, foreach=True)
 
 
-def build_schedule(optim: OptimConfig, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
-    """The learning-rate schedule of ``optim`` (:func:`~supercm.schedules.lr_factor`), stepped every iteration."""
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, partial(lr_factor, optim))
+def build_schedule(optim: OptimConfig, optimizer: torch.optim.Optimizer,
+                   total_iterations: int | None = None) -> torch.optim.lr_scheduler.LambdaLR:
+    """The learning-rate schedule of ``optim`` (:func:`~supercm.schedules.lr_factor`), stepped every
+    iteration; ``total_iterations`` (``train.iterations``) is the T of ``schedule='progress'``."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, partial(lr_factor, optim, total_iterations=total_iterations))
 
 
 def draw_split(cfg: Config, data: Data) -> SSLSplit:

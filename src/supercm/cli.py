@@ -26,7 +26,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if args.which == "uda":
         if args.betas:
             raise UsageError("demo uda takes no --betas: it runs source only, DANN and DANN + SuperCM (β 0.3)")
-        run_uda_demo(seeds=args.seeds or 3, iterations=args.iterations, workers=args.workers, root=args.root)
+        run_uda_demo(seeds=args.seeds or 2, iterations=args.iterations, workers=args.workers, root=args.root)
         return 0
 
     betas = tuple(args.betas) if args.betas else BETAS
@@ -332,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "'demo uda': source only vs DANN vs DANN + SuperCM on MNIST → MNIST-M-style")
     d.add_argument("which", nargs="?", choices=["ssl", "uda"], default="ssl",
                    help="ssl (default): the digits table; uda: the domain-adaptation table (fetches its data once)")
-    d.add_argument("--seeds", type=_positive_int, help="number of seeds (default 5; uda: 3)")
+    d.add_argument("--seeds", type=_positive_int, help="number of seeds (default 5; uda: 2)")
     d.add_argument("--root", help="data root for 'demo uda' (default $SUPERCM_DATA or ~/.cache/supercm/data)")
     d.add_argument("--betas", type=float, nargs="+", help="β values > 0 to choose from on validation")
     d.add_argument("--iterations", type=_positive_int, help="training iterations per run")

@@ -184,7 +184,9 @@ class OptimConfig(_Section):
     weight_decay: float = Field(0.0, ge=0)
     momentum: float = Field(0.9, ge=0, lt=1)  # sgd
     nesterov: bool = True  # sgd
-    schedule: Literal["step", "annealed"] = "step"  # step: × decay_factor at decay_at; annealed: × (1 + anneal_gamma·i)^(−anneal_power) every step
+    # step: × decay_factor at decay_at; annealed (tllib): × (1 + anneal_gamma·i)^(−anneal_power) every step;
+    # progress (the DANN paper): × (1 + 10·p)^(−anneal_power), p = i / train.iterations, every step (anneal_gamma unused)
+    schedule: Literal["step", "annealed", "progress"] = "step"
     decay_at: int | None = Field(None, ge=0, json_schema_extra=_note(" (or null: never)"))  # iteration at which lr is multiplied by decay_factor
     decay_factor: float = Field(0.2, gt=0, json_schema_extra=_note(" (the learning rate is multiplied by it)"))
     anneal_gamma: float = Field(0.001, ge=0)

@@ -8,7 +8,8 @@ through this one mechanism; the builder makes the list, nothing downstream names
 :class:`Objective` holds the model and the loss terms that count in a run (SuperCM, the base
 method, the regularisers: their trainable modules, e.g. DANN's discriminator) under one root. Its
 forward is the objective: the terms' ``before_forward`` hooks, **one** model call on
-``[labeled | source ; unlabeled | target]``, cross-entropy on the labeled rows, and each term's
+``[labeled | source ; unlabeled | target]`` (the labeled rows alone when a term says so:
+domain adaptation's source only, :meth:`~supercm.methods.Term.model_sees_unlabeled`), cross-entropy on the labeled rows, and each term's
 weighted loss. In a data-parallel run (``torchrun``) the trainer wraps it in PyTorch's
 ``DistributedDataParallel``, so every gradient of the step (the model's and the terms') is averaged
 over the processes in buckets while the backward pass is still running; extra passes a term makes
@@ -68,8 +69,11 @@ class Objective(nn.Module):
         """(loss, logged scalars) of the step; ``weighted`` lists (term, weight now, log key) in
         the order the terms are summed; ``batch.output`` holds the model call's output after it.
         ``log_terms``: also the terms' extra scalars (SuperCM's E1..E4), without gradient."""
-        for term, _, _ in weighted:
+        terms = [term for term, _, _ in weighted]
+        for term in terms:
             term.before_forward(batch)
+        if not all(term.model_sees_unlabeled(batch, terms) for term in terms):
+            batch.keep_labeled_only()  # e.g. domain adaptation's source only: BatchNorm of the source rows
         batch.output = self.model_call(batch.x)
         for term, _, _ in weighted:  # before any loss: SuperCM's centroids may take them in first
             labels = term.pseudo_labels(batch)

@@ -6,6 +6,9 @@ import math
 
 from .config import OptimConfig
 
+#: α of the DANN paper's η_p = η0 / (1 + α·p)^β (Ganin et al., JMLR 2016, §5.2.2: α = 10, β = 0.75).
+PROGRESS_ALPHA = 10.0
+
 
 def rampup(iteration: int, length: int) -> float:
     """w(t) = exp(−5 (1 − min(t/T, 1))²); 1 when T = 0."""
@@ -15,10 +18,26 @@ def rampup(iteration: int, length: int) -> float:
     return math.exp(-5.0 * (1.0 - t) ** 2)
 
 
-def lr_factor(optim: OptimConfig, iteration: int) -> float:
-    """The learning-rate multiplier at ``iteration`` (0-based): the annealed schedule of the
-    domain-adaptation protocol, (1 + γ·i)^(−p), and/or the step decay of the SSL protocol."""
-    factor = (1.0 + optim.anneal_gamma * iteration) ** (-optim.anneal_power) if optim.schedule == "annealed" else 1.0
+def lr_factor(optim: OptimConfig, iteration: int, total_iterations: int | None = None) -> float:
+    """The learning-rate multiplier at ``iteration`` (0-based), and/or the step decay of the SSL protocol:
+
+    * ``annealed`` (tllib, per iteration): (1 + γ·i)^(−power), γ = ``anneal_gamma``;
+    * ``progress`` (the DANN paper, over the run): (1 + α·p)^(−power), p = i / ``total_iterations``,
+      α = :data:`PROGRESS_ALPHA` = 10 (η_p = 0.01/(1 + 10p)^0.75 as published; a fixed constant, so
+      the config and its hash keep their keys: ``anneal_power`` is β, ``anneal_gamma`` is not used);
+    * ``step``: 1.
+
+    ``decay_at`` multiplies by ``decay_factor`` from that iteration on, under any schedule.
+    """
+    if optim.schedule == "annealed":
+        factor = (1.0 + optim.anneal_gamma * iteration) ** (-optim.anneal_power)
+    elif optim.schedule == "progress":
+        if not total_iterations or total_iterations < 1:
+            raise ValueError("optim.schedule='progress' needs the run's length (train.iterations)")
+        p = min(iteration / total_iterations, 1.0)
+        factor = (1.0 + PROGRESS_ALPHA * p) ** (-optim.anneal_power)
+    else:
+        factor = 1.0
     if optim.decay_at is not None and iteration >= optim.decay_at:
         factor *= optim.decay_factor
     return factor

@@ -125,7 +125,7 @@ class Trainer:
 
         self.objective, self._step_call = build.build_objective(self.model, self.terms, cfg, dev, self.world)
         self.optimizer = build.build_optimizer(cfg.optim, build.param_groups(cfg.optim, self.model, self.terms))
-        self.scheduler = build.build_schedule(cfg.optim, self.optimizer)
+        self.scheduler = build.build_schedule(cfg.optim, self.optimizer, tc.iterations)
         self._rank_rng: list | None = None  # data-parallel: every rank's random state at the last checkpoint
         self.split: SSLSplit = build.draw_split(cfg, data)
         self.iteration = 0
@@ -354,7 +354,8 @@ class Trainer:
         if self._channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         batch = Batch(self.model, x, torch.cat([x_l_raw, x_u_raw]), y_l.numel(), y_l, self._aug,
-                      self.iteration, self.cfg.train.iterations, generator=self.aug_generator)
+                      self.iteration, self.cfg.train.iterations, generator=self.aug_generator,
+                      domain_adaptation=self.uda)
         if self.world > 1:
             batch.gather = distributed.all_gather  # losses of the whole batch (MCC, BNM) see every rank's rows
             batch.labeled_rows, batch.unlabeled_rows, batch.global_sizes = sl, su, (n_l, n_u)

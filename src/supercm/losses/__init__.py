@@ -22,7 +22,7 @@ from .class_confusion import mcc_loss
 from .confidence import confident_labels, masked_cross_entropy
 from .divergence import kl, kl_logits, unit_rows
 from .domain_adversarial import DomainDiscriminator, dann_loss
-from .grl import GradientReversal, GradReverse, dann_lambda, grad_reverse
+from .grl import GradientReversal, GradReverse, dann_lambda, dann_lambda_progress, grad_reverse
 from .nuclear_norm import BNM_NORMALISATIONS, bnm_loss
 from .pseudo_label import pseudo_label_target
 from .self_adaptive import fairness_loss, self_adaptive_thresholds, update_confidence_state
@@ -35,6 +35,7 @@ __all__ = [
     "bnm_loss",
     "confident_labels",
     "dann_lambda",
+    "dann_lambda_progress",
     "dann_loss",
     "fairness_loss",
     "grad_reverse",

@@ -21,28 +21,43 @@ from .grl import grad_reverse
 
 
 class DomainDiscriminator(nn.Sequential):
-    """Linear–BN–ReLU ×2 → one logit: ``in_features → hidden → hidden → 1``.
+    """[Linear → BatchNorm → ReLU → Dropout] × ``depth`` → one logit, ``hidden`` wide.
 
-    Input (B, in_features); output (B,) logits, positive meaning "source". The layout and
-    the default width 1024 follow tllib's ``DomainDiscriminator`` (batch-norm variant).
+    Input (B, in_features); output (B,) logits, positive meaning "source". The defaults
+    (``depth=2``, ``hidden=1024``, BatchNorm, no dropout) are tllib's ``DomainDiscriminator``
+    (batch-norm variant), the discriminator of the ResNet-50 / Office protocol. The DANN paper's
+    digit experiments use one hidden layer of 100 units without BatchNorm (Ganin et al., JMLR 2016,
+    §5.2): ``DomainDiscriminator(768, hidden=100, depth=1, batch_norm=False)``. ``batch_norm=False``
+    drops the BatchNorm layers; ``dropout`` > 0 adds ``nn.Dropout`` after each ReLU (tllib's
+    variant without BatchNorm uses 0.5).
 
     Example::
 
         >>> disc = DomainDiscriminator(256, hidden=1024)
         >>> disc(torch.randn(8, 256)).shape
         torch.Size([8])
+        >>> ganin = DomainDiscriminator(768, hidden=100, depth=1, batch_norm=False)
+        >>> sum(p.numel() for p in ganin.parameters())
+        77001
     """
 
-    def __init__(self, in_features: int, hidden: int = 1024) -> None:
-        super().__init__(
-            nn.Linear(in_features, hidden),
-            nn.BatchNorm1d(hidden),
-            nn.ReLU(inplace=True),
-            nn.Linear(hidden, hidden),
-            nn.BatchNorm1d(hidden),
-            nn.ReLU(inplace=True),
-            nn.Linear(hidden, 1),
-        )
+    def __init__(self, in_features: int, hidden: int = 1024, depth: int = 2, batch_norm: bool = True,
+                 dropout: float = 0.0) -> None:
+        if depth < 1 or hidden < 1:
+            raise ValueError(f"depth and hidden must be ≥ 1, got depth={depth}, hidden={hidden}")
+        if not 0 <= dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        layers: list[nn.Module] = []
+        d = in_features
+        for _ in range(depth):
+            layers.append(nn.Linear(d, hidden))
+            if batch_norm:
+                layers.append(nn.BatchNorm1d(hidden))
+            layers.append(nn.ReLU(inplace=True))
+            if dropout:
+                layers.append(nn.Dropout(dropout))
+            d = hidden
+        super().__init__(*layers, nn.Linear(d, 1))
         self.in_features = in_features
         self.hidden = hidden
 

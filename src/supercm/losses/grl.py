@@ -77,3 +77,20 @@ def dann_lambda(iteration: int, scale: float = 1000.0) -> float:
         raise ValueError(f"scale must be positive, got {scale}")
     # tanh form of 2/(1+e^{-z}) − 1: exact and free of overflow for huge iteration counts.
     return math.tanh(iteration / (2.0 * scale))
+
+
+def dann_lambda_progress(progress: float, gamma: float = 10.0) -> float:
+    """The DANN paper's adaptation factor over training progress p = i/T ∈ [0, 1]:
+    λ_p = 2 / (1 + exp(−γ·p)) − 1 with γ = 10 (Ganin et al., JMLR 2016, §5.2.2).
+
+    λ_0 = 0, λ_0.1 ≈ 0.462, λ_1 ≈ 0.99991: the same curve as :func:`dann_lambda` with
+    ``scale = T/γ``, tied to the run's length instead of a fixed iteration count.
+
+    Example::
+
+        >>> round(dann_lambda_progress(0.1), 3)
+        0.462
+    """
+    if gamma <= 0:
+        raise ValueError(f"gamma must be positive, got {gamma}")
+    return math.tanh(gamma * progress / 2.0)

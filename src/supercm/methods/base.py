@@ -73,6 +73,13 @@ class Batch:
     global_sizes: tuple[int, int] | None = None
     generator: torch.Generator | None = None  # the trainer's augmentation generator
     pseudo_labels: tuple[Tensor, Tensor] | None = None
+    domain_adaptation: bool = False  # the labeled rows are a source domain, the unlabeled rows a target
+
+    def keep_labeled_only(self) -> None:
+        """Drop the unlabeled rows from ``x`` and ``x_raw`` before the model call (a term's
+        :meth:`Term.model_sees_unlabeled` asked for it): the model, its BatchNorm statistics
+        included, then sees the labeled (source) rows alone; ``features_unlabeled`` is empty."""
+        self.x, self.x_raw = self.x[: self.num_labeled], self.x_raw[: self.num_labeled]
 
     def _global_rows(self, which: str) -> tuple[Tensor | slice | None, int | None]:
         """(this process's rows ``which`` in the global batch, the global count); (None, None) in one process."""
@@ -201,6 +208,11 @@ class Term(nn.Module):
 
     def before_forward(self, batch: Batch) -> None:
         """Called each step before the training pass (``batch.output`` is None)."""
+
+    def model_sees_unlabeled(self, batch: Batch, terms: list["Term"]) -> bool:
+        """Whether this step's model call takes the unlabeled rows too (``terms``: every term of the
+        step, this one included). One False and the model sees the labeled rows alone."""
+        return True
 
     def loss(self, batch: Batch) -> Tensor | None:
         """This term's loss for the step, or None when it adds nothing."""

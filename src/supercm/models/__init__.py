@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from ..cm import ClusteringModule, CMOutput
-from .backbones import BACKBONES, MLP, SmallCNN, WideResNet, build_backbone
+from .backbones import BACKBONES, DTN, MLP, GaninMNIST, SmallCNN, WideResNet, build_backbone
 from .resnet import ResNetBackbone
 from .timm_models import TimmBackbone  # registers backbone 'timm' (the timm package is imported only when used)
 
@@ -89,5 +89,5 @@ class CMClassifier(nn.Module):
         return call
 
 
-__all__ = ["BACKBONES", "MLP", "CMClassifier", "ImageInput", "ModelOutput", "ResNetBackbone", "SmallCNN", "TimmBackbone",
+__all__ = ["BACKBONES", "DTN", "GaninMNIST", "MLP", "CMClassifier", "ImageInput", "ModelOutput", "ResNetBackbone", "SmallCNN", "TimmBackbone",
            "WideResNet", "build_backbone"]

@@ -70,6 +70,67 @@ class SmallCNN(nn.Module):
         return self.net(x)
 
 
+class GaninMNIST(nn.Module):
+    """The MNIST feature extractor of DANN (Ganin & Lempitsky, ICML 2015; Ganin et al., JMLR 2016,
+    §5.2 and its MNIST → MNIST-M experiment): conv 5×5 (32) → ReLU → max-pool 2 → conv 5×5 (48) →
+    ReLU → max-pool 2 → flatten. No padding and no BatchNorm, as published: a 28×28 input gives
+    48·4·4 = 768 features (an H×W input 48·⌊(⌊(H−4)/2⌋−4)/2⌋·… in general).
+
+    The paper's label predictor (fully connected 100 → 100 → 10) is not part of it: here the CM
+    head classifies the 768 features directly, and DANN's discriminator reads the same features.
+    ``dropout`` (0: as published) drops whole channels after each pooling.
+    """
+
+    #: Checked by the config (``model.options``) before anything runs.
+    option_ranges = {"dropout": "[0, 1)"}
+
+    def __init__(self, input_shape: tuple[int, ...], dropout: float = 0.0):
+        super().__init__()
+        if len(input_shape) != 3:
+            raise ValueError(f"GaninMNIST needs image input (C, H, W), got shape {input_shape}")
+        c, h, w = input_shape
+        if min(h, w) < 16:
+            raise ValueError(f"GaninMNIST needs images of at least 16×16 (two 5×5 convolutions, two poolings), got {h}×{w}")
+        layers: list[nn.Module] = [nn.Conv2d(c, 32, 5), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+        layers += [nn.Dropout2d(dropout)] if dropout else []
+        layers += [nn.Conv2d(32, 48, 5), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+        layers += [nn.Dropout2d(dropout)] if dropout else []
+        self.net = nn.Sequential(*layers, nn.Flatten())
+        side = lambda n: ((n - 4) // 2 - 4) // 2  # noqa: E731  (5×5 valid conv, pool 2, twice)
+        self.out_features = 48 * side(h) * side(w)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+class DTN(nn.Module):
+    """The "DTN" digit network of the SVHN → MNIST experiments (Taigman et al.'s domain transfer
+    network encoder as used by ADDA, CyCADA and tllib's ``tllib/vision/models/digits.py``):
+    three [conv 5×5, stride 2, padding 2 → BatchNorm → Dropout2d → ReLU] blocks of 64, 128 and 256
+    channels (channel dropout 0.1, 0.3, 0.5), flatten, Linear → 512 → BatchNorm1d → ReLU → Dropout(0.5).
+
+    Each convolution halves the side, rounding up: 28×28 and 32×32 inputs both end at 4×4
+    (256·16 = 4,096 values before the linear layer); 512 features. This is the "larger network"
+    class the DANN paper uses for SVHN; its own SVHN network is not reproduced here.
+    """
+
+    def __init__(self, input_shape: tuple[int, ...]):
+        super().__init__()
+        if len(input_shape) != 3:
+            raise ValueError(f"DTN needs image input (C, H, W), got shape {input_shape}")
+        c, h, w = input_shape
+        layers: list[nn.Module] = []
+        for width, p in ((64, 0.1), (128, 0.3), (256, 0.5)):
+            layers += [nn.Conv2d(c, width, 5, stride=2, padding=2), nn.BatchNorm2d(width), nn.Dropout2d(p), nn.ReLU(inplace=True)]
+            c, h, w = width, (h + 1) // 2, (w + 1) // 2
+        layers += [nn.Flatten(), nn.Linear(c * h * w, 512), nn.BatchNorm1d(512), nn.ReLU(inplace=True), nn.Dropout(0.5)]
+        self.net = nn.Sequential(*layers)
+        self.out_features = 512
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
 class _WideBlock(nn.Module):
     """Pre-activation residual block of a Wide ResNet (BN → LReLU → conv, twice).
 
@@ -152,7 +213,8 @@ def wrn28_8(input_shape: tuple[int, ...], bn_momentum: float = 0.1) -> WideResNe
 
 
 BACKBONES: Registry[Callable[..., nn.Module]] = Registry("backbone", "model.backbone")
-for _name, _factory in {"mlp": MLP, "cnn": SmallCNN, "wrn28_2": wrn28_2, "wrn28_8": wrn28_8}.items():
+for _name, _factory in {"mlp": MLP, "cnn": SmallCNN, "ganin_mnist": GaninMNIST, "dtn": DTN, "wrn28_2": wrn28_2,
+                        "wrn28_8": wrn28_8}.items():
     BACKBONES.register(_name, _factory)
 
 
