@@ -148,3 +148,42 @@ def test_throughput_compile_arms_and_the_resnet50_task_build():
     assert compiled.cfg.replace(**{"train.compile": False}) == throughput.build_trainer("uda", "fp32-supercm", 2).cfg
     resnet = throughput.build_trainer("uda_resnet50", "fp32-supercm", 2)
     assert resnet.cfg.model.backbone == "resnet50" and resnet.model.backbone.out_features == 256
+
+
+def test_gpu_suite_smoke_runs_every_cell_on_the_cpu(tmp_path):
+    """benchmarks/gpu_suite.py --smoke: every method, precision and measurement at tiny sizes, so the
+    one-command GPU run cannot rot before a GPU appears (the compiled arm is left out of the smoke run)."""
+    import gpu_suite
+
+    common.set_threads(1)
+    data = gpu_suite.run(gpu_suite.SMOKE, device="cpu", echo=lambda *_: None)
+    r = _roundtrip("gpu_suite", data, gpu_suite.to_markdown(data), tmp_path)
+    assert not r["skipped"], r["skipped"]
+    cells = {(x["kind"], x["method"], x["precision"]) for x in r["results"]}
+    assert cells == {(k, m, p) for p in ("fp32", "bf16")
+                     for k, ms in (("ssl", gpu_suite.SSL_METHODS), ("uda", gpu_suite.UDA_METHODS)) for m in ms}
+    for x in r["results"]:
+        assert x["supercm_overhead"]["median"] > 0 and x["reps_done"] == gpu_suite.SMOKE["reps"]
+        for arm in x["arms"].values():
+            assert arm["images_per_s"] > 0 and 0 < arm["busy_fraction"] <= 1
+            assert arm["host_syncs_per_step"] is None and x["peak_memory_mib"] is None  # CUDA only
+    assert r["stream"]["images_per_s"] > 0 and r["stream"]["supply_over_demand"] > 0
+    assert "| SSL cnn | vat | 2+2 | bf16 |" in (tmp_path / "gpu_suite.md").read_text()
+
+
+def test_gpu_suite_budget_guard_skips_with_a_note():
+    import gpu_suite
+
+    data = gpu_suite.run(gpu_suite.SMOKE, budget=0.0, device="cpu", echo=lambda *_: None)
+    assert not data["results"] and data["stream"] is None
+    assert len(data["skipped"]) == len(gpu_suite.plan(gpu_suite.SMOKE))
+    assert all("over the time budget" in s["reason"] for s in data["skipped"])
+    full = gpu_suite.plan(gpu_suite.FULL)  # the GPU run: 16 eager cells, the stream, then 8 compiled cells
+    assert len(full) == 25 and full[16] == ("stream",) and all(c[3] == "bf16-compile-cl" for c in full[17:])
+
+
+def test_busy_fraction_is_the_union_of_intervals():
+    import gpu_suite
+
+    assert gpu_suite.union_fraction([(0, 2), (1, 3), (5, 6)], 0, 10) == 0.4
+    assert gpu_suite.union_fraction([(-5, 1), (9, 20)], 0, 10) == 0.2
