@@ -133,12 +133,14 @@ def test_image_throughput_measures_both_pipelines(tmp_path, monkeypatch, capsys)
 
     monkeypatch.setattr(sys, "argv", ["image_throughput.py", "--backbone", "resnet18", "--size", "32", "--crop", "32",
                                       "--images", "8", "--reps", "1", "--steps", "1", "--drain", "1",
-                                      "--workers", "0", "1", "--device", "cpu", "--out", str(tmp_path)])
+                                      "--workers", "0", "1", "--device", "cpu", "--out", str(tmp_path),
+                                      "--tensor-baseline", "--side", "40"])
     image_throughput.main()
     r = json.loads((tmp_path / "image_throughput.json").read_text())
     assert r["images"] == 16 and r["cache_build_images_per_s"] > 0
     assert set(r["stream_decode"]) == {"stream_w0", "stream_w1"}
     assert r["train"]["ratio_stream_over_memory"]["median"] > 0 and r["train"]["stream_workers"] == 1
+    assert r["train"]["ratio_memory_over_tensor"]["median"] > 0 and r["train"]["tensor"]["images_per_s"] > 0
     assert "stream / memory" in capsys.readouterr().out
 
 
