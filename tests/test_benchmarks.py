@@ -189,3 +189,25 @@ def test_busy_fraction_is_the_union_of_intervals():
 
     assert gpu_suite.union_fraction([(0, 2), (1, 3), (5, 6)], 0, 10) == 0.4
     assert gpu_suite.union_fraction([(-5, 1), (9, 20)], 0, 10) == 0.2
+
+
+def test_ceiling_times_every_arm_against_the_bare_pass(tmp_path):
+    import ceiling
+
+    data = ceiling.run(batch=2, reps=1, warmup=0, threads=1, methods=["supervised"], echo=lambda *_: None)
+    r = _roundtrip("ceiling", data, ceiling.to_markdown(data), tmp_path)
+    assert [x["arm"] for x in r["results"]] == ["bare", "supervised", "supervised+supercm"]
+    assert r["results"][0]["over_bare"]["median"] == 1.0 and r["supercm_overhead"]["supervised"]["median"] > 0
+    assert not any(k.startswith("ceiling-") for k in throughput.TASKS)  # its temporary tasks are gone
+
+
+def test_precision_census_counts_dtypes_and_conversions():
+    import precision_profile
+
+    census = precision_profile.Census()
+    with census:
+        a = torch.ones(3)
+        b = a.to(torch.bfloat16) * 2
+        b.float()
+    assert census.conversions == {"torch.float32->torch.bfloat16": 1, "torch.bfloat16->torch.float32": 1}
+    assert census.by_dtype["torch.bfloat16"] >= 2
