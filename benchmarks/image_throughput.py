@@ -63,13 +63,18 @@ def write_tree(folder: Path, n: int, classes: int = 31, side: int = 300) -> None
             img.save(path, **({"quality": 90} if ext == "jpg" else {}))
 
 
-def float_pair(pair):
+def float_pair(pair, crop: int):
     """The same pixels as float [0, 1] tensors with the digit pairs' in-memory pipeline: reflect-pad crop
-    of 2, no input stage (what ``configs/uda/mnist10k-to-*`` train on)."""
+    of 2, no input stage (what ``configs/uda/mnist10k-to-*`` train on), centre-cropped to ``crop`` so the
+    network sees images of the size the image pipeline's RandomResizedCrop gives it."""
     from supercm.data.base import ArrayDataset
     from supercm.data.domains import DomainPair
 
     def one(d):
+        size = d.train_x.shape[-1]
+        top = (size - crop) // 2
+        d = type(d)(d.name, d.train_x[..., top:top + crop, top:top + crop], d.train_y,
+                    d.test_x[..., top:top + crop, top:top + crop], d.test_y, d.num_classes)
         test_x = d.test_x if d.test_x.shape[0] else d.train_x[:2]
         test_y = d.test_y if d.test_y.shape[0] else d.train_y[:2]
         return ArrayDataset(d.name, d.train_x.float() / 255, d.train_y, test_x.float() / 255, test_y,
@@ -192,7 +197,7 @@ def main() -> None:
                 })
                 data = {"memory": pair, "stream": streamed}.get(pipeline)
                 if pipeline == "tensor":
-                    data = float_pair(pair)
+                    data = float_pair(pair, a.crop)
                     cfg = cfg.replace(**{"data.name": "synthetic", "data.target": "synthetic-target", "data.options": {},
                                          "data.num_labeled": 1})
                 trainers[pipeline] = Trainer(cfg, None, dataset=data)
