@@ -157,17 +157,33 @@ def busy_fraction(step, steps: int, device: torch.device) -> float | None:
         for _ in range(steps):
             step()
         _sync(device)
+    if cuda:
+        return _device_busy(prof)
     events = list(prof.events())
     if not events:
         return None
     spans = [(e.time_range.start, e.time_range.end) for e in events]
     start, end = min(a for a, _ in spans), max(b for _, b in spans)
-    if cuda:
-        device_type = torch.autograd.DeviceType.CUDA
-        mine = [(e.time_range.start, e.time_range.end) for e in events if e.device_type == device_type]
-    else:
-        mine = [(e.time_range.start, e.time_range.end) for e in events if e.cpu_parent is None]
+    mine = [(e.time_range.start, e.time_range.end) for e in events if e.cpu_parent is None]
     return union_fraction(mine, start, end)
+
+
+def _device_busy(prof) -> float | None:
+    """CUDA: the union of the device's kernel / memcpy / memset intervals over the span of every event
+    recorded (host and device), from the profiler's raw Kineto events (one clock for both); the
+    parsed event list as a fallback."""
+    cuda = torch.autograd.DeviceType.CUDA
+    try:
+        raw = list(prof.profiler.kineto_results.events())
+        spans = [(e.start_ns(), e.start_ns() + e.duration_ns()) for e in raw]
+        mine = [(e.start_ns(), e.start_ns() + e.duration_ns()) for e in raw if e.device_type() == cuda]
+    except (AttributeError, RuntimeError):
+        events = list(prof.events())
+        spans = [(e.time_range.start, e.time_range.end) for e in events]
+        mine = [(e.time_range.start, e.time_range.end) for e in events if e.device_type == cuda]
+    if not spans or not mine:
+        return None  # no device activity recorded: reported as "–", not as 0
+    return union_fraction(mine, min(a for a, _ in spans), max(b for _, b in spans))
 
 
 def host_syncs(step, steps: int, device: torch.device) -> float | None:

@@ -189,6 +189,13 @@ def test_busy_fraction_is_the_union_of_intervals():
 
     assert gpu_suite.union_fraction([(0, 2), (1, 3), (5, 6)], 0, 10) == 0.4
     assert gpu_suite.union_fraction([(-5, 1), (9, 20)], 0, 10) == 0.2
+    # The CUDA path reads the profiler's raw events (the API it calls exists in this torch); a CPU-only
+    # profile holds no device activity, which is reported as None, not as an idle GPU.
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        torch.ones(8).sum()
+    assert gpu_suite._device_busy(prof) is None
 
 
 def test_ceiling_times_every_arm_against_the_bare_pass(tmp_path):
