@@ -5,6 +5,8 @@ decoding from disk in DataLoader worker processes (``stream``).
     python benchmarks/image_throughput.py --root ~/data --dataset office31_amazon --target office31_webcam
     python benchmarks/image_throughput.py --backbone resnet18 --size 64 --crop 56 --images 300 --device cpu
     python benchmarks/image_throughput.py --decode-only --images 600 --workers 1 2   # decoding alone, 256 px
+    python benchmarks/image_throughput.py --backbone cnn --side 28 --size 28 --crop 28 --images 300 \
+        --workers 1 --tensor-baseline --device cpu                     # the digit-sized case (issue 21 §2)
 
 Without ``--root`` it writes ``--images`` random JPEGs per domain (300×300, like Office-31's Amazon)
 under a temporary folder as an ``image_folder`` pair. It measures, in one process:
@@ -15,7 +17,13 @@ under a temporary folder as an ``image_folder`` pair. It measures, in one proces
   the trainer's samplers) with each ``--workers`` count, no model; arms interleaved;
 * **train steps** of DANN + SuperCM with ``--backbone`` (random weights: throughput does not depend on
   them) at batch 32 + 32, one trainer per pipeline, interleaved (order rotated each repetition):
-  seconds per step (median) and the per-repetition ratio stream / memory (median [IQR]).
+  seconds per step (median) and the per-repetition ratio stream / memory (median [IQR]);
+* ``--tensor-baseline``: a third trainer on the same pixels held as a float tensor with the digit
+  pairs' in-memory pipeline (reflect-pad crop of 2, no input stage), the same network and batch: the
+  per-repetition ratio memory / tensor is what the image pipeline (uint8 cache, RandomResizedCrop +
+  flip on the device, the normalising input stage) costs per step over the plain in-memory one.
+
+``--backbone cnn`` is configs/uda's small CNN (width 16, one conv per block), the digit pairs' network.
 
 Before every timed block each arm runs ``--drain`` untimed steps (reads), so that batches its
 prefetch decoded while the other arms ran do not count: the figures are steady-state. Random-noise
@@ -42,14 +50,37 @@ from common import command_line, machine_info, machine_line, markdown_table, rat
 
 
 def write_tree(folder: Path, n: int, classes: int = 31, side: int = 300) -> None:
+    """``n`` random images per domain, ``side`` pixels square: JPEG (like Office-31), PNG at ≤ 64 px (digits)."""
     from PIL import Image
 
     rng = np.random.default_rng(0)
     for i in range(n):
         for part, label in (("src", i % classes), ("tgt", None)):
-            path = folder / part / (f"c{label:02d}" if label is not None else "any") / f"{i:05d}.jpg"
+            ext = "png" if side <= 64 else "jpg"
+            path = folder / part / (f"c{label:02d}" if label is not None else "any") / f"{i:05d}.{ext}"
             path.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)).save(path, quality=90)
+            img = Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8))
+            img.save(path, **({"quality": 90} if ext == "jpg" else {}))
+
+
+def float_pair(pair, crop: int):
+    """The same pixels as float [0, 1] tensors with the digit pairs' in-memory pipeline: reflect-pad crop
+    of 2, no input stage (what ``configs/uda/mnist10k-to-*`` train on), centre-cropped to ``crop`` so the
+    network sees images of the size the image pipeline's RandomResizedCrop gives it."""
+    from supercm.data.base import ArrayDataset
+    from supercm.data.domains import DomainPair
+
+    def one(d):
+        size = d.train_x.shape[-1]
+        top = (size - crop) // 2
+        d = type(d)(d.name, d.train_x[..., top:top + crop, top:top + crop], d.train_y,
+                    d.test_x[..., top:top + crop, top:top + crop], d.test_y, d.num_classes)
+        test_x = d.test_x if d.test_x.shape[0] else d.train_x[:2]
+        test_y = d.test_y if d.test_y.shape[0] else d.train_y[:2]
+        return ArrayDataset(d.name, d.train_x.float() / 255, d.train_y, test_x.float() / 255, test_y,
+                            d.num_classes, {"crop_pad": 2})
+
+    return DomainPair("tensor", one(pair.source), one(pair.target))
 
 
 def interleaved(arms: dict, reps: int, block: int, drain: int, sync) -> dict[str, list[float]]:
@@ -77,6 +108,7 @@ def main() -> None:
     ap.add_argument("--target", default="office31_webcam")
     ap.add_argument("--images", type=int, default=2817, help="generated images per domain (Office-31 Amazon: 2817)")
     ap.add_argument("--backbone", default="resnet50")
+    ap.add_argument("--side", type=int, default=300, help="side of the generated images (Office-31 Amazon: 300)")
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--crop", type=int, default=224)
     ap.add_argument("--workers", type=int, nargs="+", default=[2],
@@ -87,6 +119,8 @@ def main() -> None:
     ap.add_argument("--decode-only", action="store_true", help="measure decoding only (no model, no train steps)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=None, help="torch threads of the training step (default: 1)")
+    ap.add_argument("--tensor-baseline", action="store_true",
+                    help="also train on the same pixels as a float tensor (the digit pairs' in-memory pipeline)")
     ap.add_argument("--out", help="write image_throughput.json/.md into this folder")
     a = ap.parse_args()
 
@@ -108,7 +142,7 @@ def main() -> None:
         tmp = Path(tmp)
         options = {"size": a.size, "crop": a.crop, "cache_dir": str(tmp / "cache"), "progress": False}
         if a.root is None:
-            write_tree(tmp / "tree", a.images)
+            write_tree(tmp / "tree", a.images, side=a.side)
             name = target = "image_folder"
             options.update(source=str(tmp / "tree" / "src"), target=str(tmp / "tree" / "tgt"))
             root = str(tmp)
@@ -148,17 +182,24 @@ def main() -> None:
         if not a.decode_only:
             w = a.workers[-1]
             trainers = {}
-            for pipeline in ("memory", "stream"):
+            model_options = ({"width": 16, "convs_per_block": 1} if a.backbone == "cnn"
+                             else {"weights": "none", "bottleneck": 256})
+            for pipeline in ("memory", "stream") + (("tensor",) if a.tensor_baseline else ()):
                 cfg = from_dict({
                     "data": {"name": name, "target": target, "num_validation": 0,
-                             "options": {**options, "pipeline": pipeline, "workers": w}},
-                    "model": {"backbone": a.backbone, "options": {"weights": "none", "bottleneck": 256}},
+                             "options": {**options, "pipeline": "stream" if pipeline == "stream" else "memory",
+                                         "workers": w}},
+                    "model": {"backbone": a.backbone, "options": model_options},
                     "method": {"name": "dann"}, "cm": {"beta": 0.3},
                     "optim": {"name": "sgd", "lr": 0.01, "schedule": "annealed", "backbone_lr_mult": 0.1},
                     "train": {"iterations": 10**6, "batch_labeled": 32, "batch_unlabeled": 32, "device": a.device,
                               "progress": False, "tensorboard": False, "ema_decay": 0.0},
                 })
-                data = pair if pipeline == "memory" else streamed
+                data = {"memory": pair, "stream": streamed}.get(pipeline)
+                if pipeline == "tensor":
+                    data = float_pair(pair, a.crop)
+                    cfg = cfg.replace(**{"data.name": "synthetic", "data.target": "synthetic-target", "data.options": {},
+                                         "data.num_labeled": 1})
                 trainers[pipeline] = Trainer(cfg, None, dataset=data)
             tr = trainers["stream"]
             prefetch = tr.x_train.prefetch([tr.labeled_sampler, tr.unlabeled_sampler])  # as fit() does
@@ -169,6 +210,8 @@ def main() -> None:
                                for k, v in t.items()}
             result["train"]["stream_workers"] = w
             result["train"]["ratio_stream_over_memory"] = ratio_summary(t["stream"], t["memory"])
+            if "tensor" in t:
+                result["train"]["ratio_memory_over_tensor"] = ratio_summary(t["memory"], t["tensor"])
 
     rows = [["memory: cache build (decode + resize, threads)", f"{result['cache_build_images_per_s']:.0f}"],
             ["memory: cache read", f"{result['cache_read_images_per_s']:.0f}"]]
@@ -177,7 +220,7 @@ def main() -> None:
     if "train" in result:
         tr = result["train"]
         rows += [[f"train step, {k} pipeline ({a.backbone}, batch 32 + 32)", f"{tr[k]['images_per_s']:.1f}"]
-                 for k in ("memory", "stream")]
+                 for k in ("memory", "stream", "tensor") if k in tr]
         r = tr["ratio_stream_over_memory"]
         ratio = f"{r['median']:.3f} [{r['q1']:.3f}–{r['q3']:.3f}]"
     md = (f"`{result['command']}`\n\n{machine_line(info)}\n\n{n} images at {a.size} px"
@@ -186,6 +229,10 @@ def main() -> None:
           + markdown_table(["what", "images/s"], rows))
     if "train" in result:
         md += f"\n\nTime per step, stream / memory (per repetition, median [IQR]): {ratio}"
+        if "ratio_memory_over_tensor" in result["train"]:
+            r = result["train"]["ratio_memory_over_tensor"]
+            md += (f"\n\nTime per step, image pipeline (uint8 cache) / float tensor (per repetition, median [IQR]): "
+                   f"{r['median']:.3f} [{r['q1']:.3f}–{r['q3']:.3f}]")
     print(md)
     if a.out:
         write_results("image_throughput", json.loads(json.dumps(result, default=float)), md, a.out)

@@ -133,12 +133,14 @@ def test_image_throughput_measures_both_pipelines(tmp_path, monkeypatch, capsys)
 
     monkeypatch.setattr(sys, "argv", ["image_throughput.py", "--backbone", "resnet18", "--size", "32", "--crop", "32",
                                       "--images", "8", "--reps", "1", "--steps", "1", "--drain", "1",
-                                      "--workers", "0", "1", "--device", "cpu", "--out", str(tmp_path)])
+                                      "--workers", "0", "1", "--device", "cpu", "--out", str(tmp_path),
+                                      "--tensor-baseline", "--side", "40"])
     image_throughput.main()
     r = json.loads((tmp_path / "image_throughput.json").read_text())
     assert r["images"] == 16 and r["cache_build_images_per_s"] > 0
     assert set(r["stream_decode"]) == {"stream_w0", "stream_w1"}
     assert r["train"]["ratio_stream_over_memory"]["median"] > 0 and r["train"]["stream_workers"] == 1
+    assert r["train"]["ratio_memory_over_tensor"]["median"] > 0 and r["train"]["tensor"]["images_per_s"] > 0
     assert "stream / memory" in capsys.readouterr().out
 
 
@@ -148,3 +150,71 @@ def test_throughput_compile_arms_and_the_resnet50_task_build():
     assert compiled.cfg.replace(**{"train.compile": False}) == throughput.build_trainer("uda", "fp32-supercm", 2).cfg
     resnet = throughput.build_trainer("uda_resnet50", "fp32-supercm", 2)
     assert resnet.cfg.model.backbone == "resnet50" and resnet.model.backbone.out_features == 256
+
+
+def test_gpu_suite_smoke_runs_every_cell_on_the_cpu(tmp_path):
+    """benchmarks/gpu_suite.py --smoke: every method, precision and measurement at tiny sizes, so the
+    one-command GPU run cannot rot before a GPU appears (the compiled arm is left out of the smoke run)."""
+    import gpu_suite
+
+    common.set_threads(1)
+    data = gpu_suite.run(gpu_suite.SMOKE, device="cpu", echo=lambda *_: None)
+    r = _roundtrip("gpu_suite", data, gpu_suite.to_markdown(data), tmp_path)
+    assert not r["skipped"], r["skipped"]
+    cells = {(x["kind"], x["method"], x["precision"]) for x in r["results"]}
+    assert cells == {(k, m, p) for p in ("fp32", "bf16")
+                     for k, ms in (("ssl", gpu_suite.SSL_METHODS), ("uda", gpu_suite.UDA_METHODS)) for m in ms}
+    for x in r["results"]:
+        assert x["supercm_overhead"]["median"] > 0 and x["reps_done"] == gpu_suite.SMOKE["reps"]
+        for arm in x["arms"].values():
+            assert arm["images_per_s"] > 0 and 0 < arm["busy_fraction"] <= 1
+            assert arm["host_syncs_per_step"] is None and x["peak_memory_mib"] is None  # CUDA only
+    assert r["stream"]["images_per_s"] > 0 and r["stream"]["supply_over_demand"] > 0
+    assert "| SSL cnn | vat | 2+2 | bf16 |" in (tmp_path / "gpu_suite.md").read_text()
+
+
+def test_gpu_suite_budget_guard_skips_with_a_note():
+    import gpu_suite
+
+    data = gpu_suite.run(gpu_suite.SMOKE, budget=0.0, device="cpu", echo=lambda *_: None)
+    assert not data["results"] and data["stream"] is None
+    assert len(data["skipped"]) == len(gpu_suite.plan(gpu_suite.SMOKE))
+    assert all("over the time budget" in s["reason"] for s in data["skipped"])
+    full = gpu_suite.plan(gpu_suite.FULL)  # the GPU run: 16 eager cells, the stream, then 8 compiled cells
+    assert len(full) == 25 and full[16] == ("stream",) and all(c[3] == "bf16-compile-cl" for c in full[17:])
+
+
+def test_busy_fraction_is_the_union_of_intervals():
+    import gpu_suite
+
+    assert gpu_suite.union_fraction([(0, 2), (1, 3), (5, 6)], 0, 10) == 0.4
+    assert gpu_suite.union_fraction([(-5, 1), (9, 20)], 0, 10) == 0.2
+    # The CUDA path reads the profiler's raw events (the API it calls exists in this torch); a CPU-only
+    # profile holds no device activity, which is reported as None, not as an idle GPU.
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        torch.ones(8).sum()
+    assert gpu_suite._device_busy(prof) is None
+
+
+def test_ceiling_times_every_arm_against_the_bare_pass(tmp_path):
+    import ceiling
+
+    data = ceiling.run(batch=2, reps=1, warmup=0, threads=1, methods=["supervised"], echo=lambda *_: None)
+    r = _roundtrip("ceiling", data, ceiling.to_markdown(data), tmp_path)
+    assert [x["arm"] for x in r["results"]] == ["bare", "supervised", "supervised+supercm"]
+    assert r["results"][0]["over_bare"]["median"] == 1.0 and r["supercm_overhead"]["supervised"]["median"] > 0
+    assert not any(k.startswith("ceiling-") for k in throughput.TASKS)  # its temporary tasks are gone
+
+
+def test_precision_census_counts_dtypes_and_conversions():
+    import precision_profile
+
+    census = precision_profile.Census()
+    with census:
+        a = torch.ones(3)
+        b = a.to(torch.bfloat16) * 2
+        b.float()
+    assert census.conversions == {"torch.float32->torch.bfloat16": 1, "torch.bfloat16->torch.float32": 1}
+    assert census.by_dtype["torch.bfloat16"] >= 2

@@ -60,6 +60,30 @@ def check_precision(precision: str, device: torch.device) -> None:
         )
 
 
+def native_cpu_half(dtype: torch.dtype) -> bool:
+    """Whether this CPU runs ``dtype`` (bfloat16 / float16) convolutions and matmuls natively (oneDNN's
+    check: AVX512-BF16 / AVX512-FP16 or AMX). Without it PyTorch falls back to a slow reference
+    convolution (``aten::_slow_conv2d_*``): 17× slower than float32 for the WRN-28-2 step and 90× for
+    one 3×3 convolution on the project's AVX2 machine (BENCHMARKS.md, issue 21)."""
+    check = {torch.bfloat16: "_is_mkldnn_bf16_supported", torch.float16: "_is_mkldnn_fp16_supported"}.get(dtype)
+    try:
+        return bool(getattr(torch.ops.mkldnn, check)())
+    except (AttributeError, RuntimeError, TypeError):
+        return True  # cannot tell: no warning
+
+
+def warn_if_emulated(precision: str, device: torch.device) -> None:
+    """Warn (once per trainer) when ``train.precision`` would run emulated on this CPU, with the fix."""
+    dtype = AUTOCAST_DTYPES[precision]
+    if device.type == "cpu" and dtype is not None and not native_cpu_half(dtype):
+        measured = ": measured 17× slower than fp32 for the WRN-28-2 step" if dtype == torch.bfloat16 else ""
+        warnings.warn(
+            f"train.precision={precision} on this CPU ({torch.backends.cpu.get_cpu_capability()}, no native "
+            f"{'bfloat16' if dtype == torch.bfloat16 else 'float16'}) runs convolutions through PyTorch's slow "
+            f"reference path{measured}; use train.precision=fp32 here "
+            f"(bf16 pays on CPUs with AMX or AVX512-BF16, and on GPUs)", stacklevel=3)
+
+
 def check_compile(device: torch.device) -> None:
     """Refuse, with the fix, ``train.compile=true`` where torch.compile cannot build kernels: on the
     CPU it needs a C++ compiler, on CUDA the Triton package (both come with a usual GPU install)."""
@@ -85,6 +109,7 @@ class Precision:
 
     def __init__(self, precision: str, device: torch.device):
         check_precision(precision, device)
+        warn_if_emulated(precision, device)
         self.device = device
         self.dtype = AUTOCAST_DTYPES[precision]
         self.scaler = _grad_scaler(device) if precision == "fp16" else None
