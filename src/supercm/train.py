@@ -353,9 +353,8 @@ class Trainer:
         x = torch.cat([self._aug(x_l_raw, sl, n_l), self._aug(x_u_raw, su, n_u)])
         if self._channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        batch = Batch(self.model, x, torch.cat([x_l_raw, x_u_raw]), y_l.numel(), y_l, self._aug,
-                      self.iteration, self.cfg.train.iterations, generator=self.aug_generator,
-                      domain_adaptation=self.uda)
+        batch = Batch(self.model, x, torch.cat([x_l_raw, x_u_raw]), y_l.numel(), y_l, self._aug, self.iteration,
+                      self.cfg.train.iterations, generator=self.aug_generator, domain_adaptation=self.uda)
         if self.world > 1:
             batch.gather = distributed.all_gather  # losses of the whole batch (MCC, BNM) see every rank's rows
             batch.labeled_rows, batch.unlabeled_rows, batch.global_sizes = sl, su, (n_l, n_u)
