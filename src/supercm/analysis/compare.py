@@ -41,7 +41,7 @@ IGNORED_KEYS = ("train.seed", "train.device", "train.progress", "train.tensorboa
 RESULT_FIELDS = (
     "best_iteration", "best_val_accuracy", "test_accuracy_at_best_val", "final_val_accuracy", "final_test_accuracy",
     "ema_best_val_accuracy", "ema_test_accuracy_at_best_val", "seconds", "wall_seconds", "iterations",
-    "oracle_test_accuracy", "oracle_iteration", "rules",
+    "oracle_test_accuracy", "oracle_iteration", "rules", "curve",
 )
 #: Name endings that mark a result field a future trainer or benchmark may add.
 RESULT_SUFFIXES = ("_accuracy", "_iteration", "_seconds", "_loss")
