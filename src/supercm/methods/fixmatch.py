@@ -13,6 +13,21 @@ from ..losses import confident_labels, masked_cross_entropy
 from .base import Batch, Term, frozen_batchnorm_stats, register
 
 
+@dataclass
+class StrongViewOptions:
+    """The strong view's options, shared by FixMatch and FreeMatch: RandAugment's ``num_ops`` operations
+    and Cutout's probability ``cutout``; ``pixel_min``/``pixel_max`` the range of float images."""
+
+    num_ops: int = field(default=2, metadata={"range": "[0, inf)"})
+    cutout: float = field(default=0.5, metadata={"range": "[0, 1]"})
+    pixel_min: float = -1.0
+    pixel_max: float = 1.0
+
+    def validate(self) -> None:
+        if not self.pixel_max > self.pixel_min:
+            raise ValueError(f"pixel_max ({self.pixel_max}) must be > pixel_min ({self.pixel_min})")
+
+
 @register("fixmatch")
 class FixMatch(Term):
     """``L_u = (1/μB) Σ_i 1[max p_i ≥ τ] · CE(f(A(u_i)), argmax p_i)``, ``p_i = softmax(f(α(u_i)))``.
@@ -39,16 +54,8 @@ class FixMatch(Term):
     """
 
     @dataclass
-    class Options:
+    class Options(StrongViewOptions):
         threshold: float = field(default=0.95, metadata={"range": "[0, 1]"})
-        num_ops: int = field(default=2, metadata={"range": "[0, inf)"})
-        cutout: float = field(default=0.5, metadata={"range": "[0, 1]"})
-        pixel_min: float = -1.0
-        pixel_max: float = 1.0
-
-        def validate(self) -> None:
-            if not self.pixel_max > self.pixel_min:
-                raise ValueError(f"pixel_max ({self.pixel_max}) must be > pixel_min ({self.pixel_min})")
 
     def __init__(self, **options) -> None:
         super().__init__(**options)

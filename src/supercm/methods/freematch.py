@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from ..losses import fairness_loss, masked_cross_entropy, self_adaptive_thresholds, update_confidence_state
 from .base import Batch, register
-from .fixmatch import FixMatch
+from .fixmatch import FixMatch, StrongViewOptions
 
 
 @register("freematch")
@@ -36,17 +36,9 @@ class FreeMatch(FixMatch):
     """
 
     @dataclass
-    class Options:
+    class Options(StrongViewOptions):
         ema: float = field(default=0.999, metadata={"range": "[0, 1)"})
         fairness_weight: float = field(default=0.001, metadata={"range": "[0, inf)"})
-        num_ops: int = field(default=2, metadata={"range": "[0, inf)"})
-        cutout: float = field(default=0.5, metadata={"range": "[0, 1]"})
-        pixel_min: float = -1.0
-        pixel_max: float = 1.0
-
-        def validate(self) -> None:
-            if not self.pixel_max > self.pixel_min:
-                raise ValueError(f"pixel_max ({self.pixel_max}) must be > pixel_min ({self.pixel_min})")
 
     def setup(self, model: nn.Module) -> None:
         k = model.head.num_classes
