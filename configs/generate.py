@@ -393,51 +393,37 @@ def write(path: Path, cfg: dict, note: str) -> None:
     path.write_text(header + yaml.safe_dump(cfg, sort_keys=False))
 
 
+def write_pair(folder: str, stem: str, build, *args) -> int:
+    """``build(*args, cm)`` without and with SuperCM, written as ``folder/stem[-cm].yaml``; the count written."""
+    for cm in (False, True):
+        cfg, note = build(*args, cm)
+        write(HERE / folder / f"{stem}{'-cm' if cm else ''}.yaml", cfg, note)
+    return 2
+
+
 def main() -> None:
     n = 0
     for dataset, (_, _, budgets) in PAPER_DATA.items():
         for labels in budgets:
             for method in METHODS:
-                for cm in (False, True):
-                    cfg, note = paper_config(dataset, labels, method, cm)
-                    write(HERE / "paper" / f"{dataset}-{labels}-{method}{'-cm' if cm else ''}.yaml", cfg, note)
-                    n += 1
+                n += write_pair("paper", f"{dataset}-{labels}-{method}", paper_config, dataset, labels, method)
     for dataset in CPU_DATA:
         for method in METHODS:
-            for cm in (False, True):
-                cfg, note = cpu_config(dataset, method, cm)
-                write(HERE / "cpu" / f"{dataset}-{method}{'-cm' if cm else ''}.yaml", cfg, note)
-                n += 1
-    for dataset in CPU_DATA:
+            n += write_pair("cpu", f"{dataset}-{method}", cpu_config, dataset, method)
         for method in FIXMATCH_METHODS:
-            for cm in (False, True):
-                cfg, note = fixmatch_cpu_config(dataset, method, cm)
-                write(HERE / "cpu" / f"{dataset}-{method}{'-cm' if cm else ''}.yaml", cfg, note)
-                n += 1
+            n += write_pair("cpu", f"{dataset}-{method}", fixmatch_cpu_config, dataset, method)
     for dataset, (budgets, _, _) in USB_DATA.items():
         for labels in budgets:
             for method in FIXMATCH_METHODS:
-                for cm in (False, True):
-                    cfg, note = fixmatch_paper_config(dataset, labels, method, cm)
-                    write(HERE / "paper" / f"{dataset}-{labels}-{method}{'-cm' if cm else ''}.yaml", cfg, note)
-                    n += 1
+                n += write_pair("paper", f"{dataset}-{labels}-{method}", fixmatch_paper_config, dataset, labels, method)
     for pair in UDA_PAIRS:
         for stem in UDA_METHODS:
-            for cm in (False, True):
-                cfg, note = uda_config(pair, stem, cm)
-                write(HERE / "uda" / f"{pair}-{stem}{'-cm' if cm else ''}.yaml", cfg, note)
-                n += 1
+            n += write_pair("uda", f"{pair}-{stem}", uda_config, pair, stem)
     for bench, (_, _, tasks, _, _) in OFFICE.items():
         for task in tasks:
             for stem in OFFICE_METHODS:
-                for cm in (False, True):
-                    cfg, note = office_config(bench, task, stem, cm)
-                    write(HERE / "uda" / f"{bench}-{task.replace('-', '-to-')}-{stem}{'-cm' if cm else ''}.yaml", cfg, note)
-                    n += 1
-    for cm in (False, True):
-        cfg, note = image_folder_config("dann", cm)
-        write(HERE / "uda" / f"image_folder-dann{'-cm' if cm else ''}.yaml", cfg, note)
-        n += 1
+                n += write_pair("uda", f"{bench}-{task.replace('-', '-to-')}-{stem}", office_config, bench, task, stem)
+    n += write_pair("uda", "image_folder-dann", image_folder_config, "dann")
     print(f"wrote {n} configs under {HERE}")
 
 
