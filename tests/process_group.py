@@ -7,6 +7,7 @@ from contextlib import contextmanager
 
 import torch
 import torch.distributed as dist
+import torch.multiprocessing as mp
 
 
 @contextmanager
@@ -31,3 +32,15 @@ def gloo_group(rank: int, world: int, init_file: str):
         leave(*held, clean=False)
         raise
     leave(*held)
+
+
+def spawn(target, world: int, init_file: str, *args, timeout: float = 300) -> None:
+    """``target(rank, world, init_file, *args)`` on ``world`` spawned processes; each must exit 0.
+    A file store is not reused: give each process group started in one test its own ``init_file``."""
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=target, args=(r, world, init_file, *args)) for r in range(world)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=timeout)
+    assert [p.exitcode for p in procs] == [0] * world

@@ -17,7 +17,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from process_group import gloo_group
+from process_group import gloo_group, spawn
 from torch import nn
 
 from supercm.distributed import SyncBatchNorm, convert_sync_batchnorm
@@ -196,13 +196,7 @@ def _train_worker(rank, world, init_file, run_dir, out_dir, dotted):
 def _spawn(target, tmp_path, *args, store: str = "store"):
     """``target(rank, WORLD, init_file, *args)`` on WORLD processes; a new ``store`` file for each
     process group started in one test (a file store is not reused)."""
-    ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=target, args=(r, WORLD, str(tmp_path / store), *args)) for r in range(WORLD)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=300)
-    assert [p.exitcode for p in procs] == [0] * WORLD
+    spawn(target, WORLD, str(tmp_path / store), *args)
 
 
 @pytest.mark.parametrize("dotted", [

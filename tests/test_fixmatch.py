@@ -12,9 +12,8 @@ import os
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 import torch.nn.functional as F
-from process_group import gloo_group
+from process_group import gloo_group, spawn
 from torchvision.transforms.v2 import functional as TF
 
 from supercm.config import ConfigError, from_dict
@@ -332,14 +331,7 @@ def test_two_processes_train_freematch_like_one_process(tmp_path, images):
     """2 gloo processes (half the global batch each) and 1: the same logged losses (FixMatch CE,
     fairness, CM with pseudo-labeled centroids), the same FreeMatch EMAs and centroids on every rank:
     the strong views, the EMAs and the fairness term all see the global batch."""
-    ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_ddp_worker, args=(r, 2, str(tmp_path / "store"), str(tmp_path / "ddp"), str(tmp_path)))
-             for r in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=300)
-    assert [p.exitcode for p in procs] == [0, 0]
+    spawn(_ddp_worker, 2, str(tmp_path / "store"), str(tmp_path / "ddp"), str(tmp_path))
     one = Trainer(config(**DDP), tmp_path / "one", dataset=images)
     one.fit()
     ddp = [json.loads(line) for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]

@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_images import write_image
 
 from supercm.cli import main
 
@@ -35,14 +36,6 @@ SSL_FAST = ["data.num_labeled=50", "data.num_validation=50", "model.options={wid
             "train.batch_unlabeled=10", "train.progress=false", "train.tensorboard=false"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1",
        "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
-
-
-def write_image(path: Path, label: int, seed: int, fmt: str | None = None) -> None:
-    rng = np.random.default_rng(seed)
-    colour = np.array([(label * 70) % 256, (label * 130 + 40) % 256, (label * 200 + 90) % 256])
-    pixels = np.clip(colour + rng.normal(0, 20, (24, 30, 3)), 0, 255).astype(np.uint8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(pixels).save(path, format=fmt)
 
 
 @pytest.fixture(scope="module")

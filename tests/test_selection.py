@@ -13,7 +13,7 @@ import torch
 
 from supercm import label_free
 from supercm.config import from_dict
-from supercm.data import ArrayDataset, DomainPair, load_dataset
+from supercm.data import ArrayDataset, DomainPair
 from supercm.evaluation import LABEL_FREE_RULES
 from supercm.train import EVALS, Trainer
 
@@ -85,18 +85,6 @@ def test_density_ratios_recover_a_known_gaussian_shift():
 
 
 # --------------------------------------------------------------------------- through the trainer
-
-
-@pytest.fixture(scope="module")
-def pair():
-    d = load_dataset("digits")
-    g = torch.Generator().manual_seed(0)
-    perm = torch.randperm(d.train_y.numel(), generator=g)
-    src, tgt = perm[: perm.numel() // 2], perm[perm.numel() // 2 :]
-    shift = lambda x: 0.5 * (x.max() - x) + 0.3
-    source = ArrayDataset("digits-src", d.train_x[src], d.train_y[src], d.test_x, d.test_y, 10, {})
-    target = ArrayDataset("digits-shifted", shift(d.train_x[tgt]), d.train_y[tgt], shift(d.test_x), d.test_y, 10, {})
-    return DomainPair("digits-src->digits-shifted", source, target)
 
 
 CFG = {

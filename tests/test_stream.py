@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from process_group import gloo_group
+from process_group import gloo_group, spawn
 from test_images import opts, truncate, user_folders, write_image
 
 from supercm.config import ConfigError, from_dict
@@ -259,17 +259,8 @@ def test_data_parallel_ranks_stream_only_their_share(tmp_path):
     """2 gloo processes with pipeline=stream: each rank's prefetch decodes its own half of every
     global batch (every training read came from it), and the run trains what one process trains
     from the memory pipeline (float32 sums in another order: 1e-5 relative)."""
-    import torch.multiprocessing as mp
-
     root = tree(tmp_path / "data")
-    ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_ddp_stream_worker, args=(r, 2, str(tmp_path / "store"), str(root), str(tmp_path)))
-             for r in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=300)
-    assert [p.exitcode for p in procs] == [0, 0]
+    spawn(_ddp_stream_worker, 2, str(tmp_path / "store"), str(root), str(tmp_path))
     assert [torch.load(tmp_path / f"rank{r}.pt")["prefetched"] for r in range(2)] == [12, 12]
     one = quiet(Trainer, config(root, "memory", 0, batch_labeled=4, batch_unlabeled=4), tmp_path / "one")
     quiet(one.fit)
