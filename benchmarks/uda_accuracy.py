@@ -47,7 +47,8 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-DIGIT_PAIRS = ("mnist10k-to-mnistm_style", "optdigits-to-mnist10k", "synth_digits-to-mnist10k", "mnist10k-to-optdigits")
+DIGIT_PAIRS = ("mnist10k-to-mnistm_style", "optdigits-to-mnist10k", "synth_digits-to-mnist10k", "mnist10k-to-optdigits",
+               "mnist10k-to-mnistm_pool")
 #: The Office benchmarks' tasks, as configs/generate.py writes them (``office31-A-to-W`` …).
 BENCHMARKS = ("office31", "officehome", "imageclef", "office_caltech")
 OFFICE_PAIRS = {b: tuple(sorted(p.name.removesuffix("-source_only.yaml")
