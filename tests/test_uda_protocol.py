@@ -159,6 +159,20 @@ def test_lr_over_progress_is_the_papers(i):
     assert lr_factor(optim, i, 100) == pytest.approx((1 + 10 * i / 100) ** -0.75, abs=1e-12)
 
 
+@pytest.mark.parametrize("i", [0, 1, 50, 99, 100, 120])
+def test_cosine_lr_is_fixmatchs(i):
+    """FixMatch / USB: η = η0 cos(7πk / 16K), the factor clamped at the run's end."""
+    optim = from_dict({"optim": {"schedule": "cosine"}}).optim
+    assert lr_factor(optim, i, 100) == pytest.approx(math.cos(7 * math.pi * min(i, 100) / (16 * 100)), abs=1e-12)
+
+
+def test_trainers_logged_lr_follows_the_cosine(pair):
+    T, lr0 = 8, 0.01
+    t = Trainer(cfg(**{"optim.schedule": "cosine", "train.iterations": T}), None, dataset=pair)
+    logged = [float(t.train_step()["lr"]) for _ in range(T)]
+    assert logged == pytest.approx([lr0 * math.cos(7 * math.pi * (i + 1) / (16 * T)) for i in range(T)], abs=1e-12)
+
+
 def test_lr_over_progress_needs_the_run_length():
     optim = from_dict({"optim": {"schedule": "progress"}}).optim
     with pytest.raises(ValueError, match="train.iterations"):
@@ -176,7 +190,7 @@ def test_trainers_logged_lr_is_eta_p(pair):
 
 
 def test_schedule_errors_name_the_key():
-    with pytest.raises(ConfigError, match=r"'optim.schedule' must be one of step, annealed, progress"):
+    with pytest.raises(ConfigError, match=r"'optim.schedule' must be one of step, annealed, progress, cosine"):
         from_dict({"optim": {"schedule": "linear"}})
     with pytest.raises(ConfigError, match="method.options.lambda_schedule"):
         check_terms(from_dict({"method": {"name": "dann", "options": {"lambda_schedule": "linear"}}}))

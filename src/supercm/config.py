@@ -185,8 +185,9 @@ class OptimConfig(_Section):
     momentum: float = Field(0.9, ge=0, lt=1)  # sgd
     nesterov: bool = True  # sgd
     # step: × decay_factor at decay_at; annealed (tllib): × (1 + anneal_gamma·i)^(−anneal_power) every step;
-    # progress (the DANN paper): × (1 + 10·p)^(−anneal_power), p = i / train.iterations, every step (anneal_gamma unused)
-    schedule: Literal["step", "annealed", "progress"] = "step"
+    # progress (the DANN paper): × (1 + 10·p)^(−anneal_power), p = i / train.iterations, every step (anneal_gamma unused);
+    # cosine (FixMatch, USB): × cos(7π·p/16), p = i / train.iterations, every step
+    schedule: Literal["step", "annealed", "progress", "cosine"] = "step"
     decay_at: int | None = Field(None, ge=0, json_schema_extra=_note(" (or null: never)"))  # iteration at which lr is multiplied by decay_factor
     decay_factor: float = Field(0.2, gt=0, json_schema_extra=_note(" (the learning rate is multiplied by it)"))
     anneal_gamma: float = Field(0.001, ge=0)
