@@ -129,14 +129,15 @@ def table(records: list[dict]) -> str:
         return f"{100 * s.mean:.2f} ± {100 * s.std:.2f}" if s.n > 1 else f"{100 * s.mean:.2f}"
 
     lines = ["Target test accuracy % (mean ± std over seeds) under each selection rule; gain = + SuperCM − base, "
-             "paired by seed (wins/seeds, paired t-test p).", ""]
+             "paired by seed (its 95 % interval mean ± t(n−1)·sd/√n, wins/seeds, paired t-test p).", ""]
     pairs = [p for p in PAIRS if any(r["pair"] == p for r in records)]
     pairs += sorted({r["pair"] for r in records} - set(pairs))
     methods = [m for m in METHODS if any(r["method"] == m for r in records)]
     for rule, label in RULES:
         if not any(r["rules"].get(rule) is not None for r in records):
             continue  # runs recorded before the rule existed
-        lines += [f"**Rule: {label}**", "", "| pair | method | base | + SuperCM | gain | wins | p |", "|---|---|---|---|---|---|---|"]
+        lines += [f"**Rule: {label}**", "", "| pair | method | base | + SuperCM | gain | 95 % CI (t) | wins | p |",
+                  "|---|---|---|---|---|---|---|---|"]
         for pair in pairs:
             for method in methods:
                 arms = {cm: {r["seed"]: r["rules"][rule] for r in records
@@ -149,13 +150,44 @@ def table(records: list[dict]) -> str:
                 cm = fmt(arms[True]) if arms[True] else "–"
                 if arms[False] and arms[True]:
                     d = paired(arms[False], arms[True])
-                    gain, wins, p = f"{100 * d.gain:+.2f}", f"{d.wins}/{d.n}", f"{d.p_value:.3g}"
+                    gain, ci, wins, p = f"{100 * d.gain:+.2f}", _ci(d), f"{d.wins}/{d.n}", f"{d.p_value:.3g}"
                 else:
-                    gain = wins = p = "–"
-                lines.append(f"| {pair} | {method} | {base} | {cm} | {gain} | {wins} | {p} |")
+                    gain = ci = wins = p = "–"
+                lines.append(f"| {pair} | {method} | {base} | {cm} | {gain} | {ci} | {wins} | {p} |")
         lines += _benchmark_averages(records, rule, methods)
         lines.append("")
-    return "\n".join(lines + regret_table(records))
+    return "\n".join(lines + against_source_only(records, pairs, methods) + regret_table(records))
+
+
+def _ci(d) -> str:
+    lo, hi = d.t_ci
+    return "–" if lo != lo else f"[{100 * lo:+.2f}, {100 * hi:+.2f}]"
+
+
+def against_source_only(records: list[dict], pairs: list[str], methods: list[str]) -> list[str]:
+    """Each adapting method (each arm) − source only without SuperCM, paired by seed, under every rule that
+    reads no target label: does the baseline reproduce a gain over source only before SuperCM is judged?"""
+    from supercm.analysis.compare import paired
+
+    lines = ["**Against source only** (method − source only without SuperCM, paired by seed; points, 95 % t "
+             "interval, wins)", "", "| rule | pair | method | gain | 95 % CI (t) | wins |", "|---|---|---|---|---|---|"]
+    rows = 0
+    for rule, label in RULES:
+        for pair in pairs:
+            def arm(method: str, cm: bool) -> dict:
+                return {r["seed"]: r["rules"][rule] for r in records if r["pair"] == pair and r["method"] == method
+                        and r["cm"] == cm and r["rules"].get(rule) is not None}
+            reference = arm("source_only", False)
+            for method in methods:
+                for cm in (False, True):
+                    if (method, cm) == ("source_only", False):
+                        continue
+                    d = paired(reference, arm(method, cm))
+                    if d.n:
+                        rows += 1
+                        name = method + (" + SuperCM" if cm else "")
+                        lines.append(f"| {label} | {pair} | {name} | {100 * d.gain:+.2f} | {_ci(d)} | {d.wins}/{d.n} |")
+    return lines + [""] if rows else []
 
 
 def regret_table(records: list[dict]) -> list[str]:

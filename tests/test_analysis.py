@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -151,6 +152,22 @@ def test_compare_groups_by_config_and_matches_scipy(tmp_path, capsys):
     assert t["wins"] == "3"
     assert "80.00 ± 2.00" not in md_path.read_text()  # 4 seeds: (0.80, 0.82, 0.78, 0.90)
     assert f"{100 * np.mean(list(base.values())):.2f} ± {100 * np.std(list(base.values()), ddof=1):.2f}" in md_path.read_text()
+
+
+def test_paired_t_interval_is_mean_plus_minus_t_sd_over_root_n():
+    """The t interval the UDA tables report (issue 17: gain's 95 % interval narrower than ±1.5 points)."""
+    from scipy import stats
+
+    from supercm.analysis.compare import paired
+
+    base = {0: 0.60, 1: 0.57, 2: 0.64, 3: 0.59}
+    treat = {0: 0.67, 1: 0.63, 2: 0.72, 3: 0.66, 9: 0.99}  # seed 9 has no partner
+    d = np.array([0.07, 0.06, 0.08, 0.07])
+    lo, hi = stats.t.interval(0.95, len(d) - 1, loc=d.mean(), scale=stats.sem(d))
+    r = paired(base, treat)
+    assert r.n == 4 and r.t_ci == pytest.approx((lo, hi), abs=1e-12)
+    assert r.t_ci[0] < r.ci[0] <= r.ci[1] < r.t_ci[1]  # 4 seeds: the bootstrap interval is the narrower
+    assert all(math.isnan(x) for x in paired({0: 0.5}, {0: 0.6}).t_ci)
 
 
 def test_compare_bootstrap_is_seeded_and_errors_are_one_line(tmp_path, capsys):

@@ -74,6 +74,7 @@ class Paired:
     n: int
     p_value: float  # NaN when undefined (n < 2 or all differences equal)
     seeds: tuple
+    t_ci: tuple[float, float] = (math.nan, math.nan)  # mean ± t(n−1)·sd/√n: honest with few seeds, where the bootstrap is too narrow
 
 
 @dataclass
@@ -116,10 +117,15 @@ def paired(baseline: Mapping, treatment: Mapping, *, confidence: float = 0.95, s
     if not d:
         return Paired(math.nan, (math.nan, math.nan), 0, 0, math.nan, seeds)
     p = math.nan
-    if len(d) > 1 and statistics.pstdev(d) > 0:
-        p = float(stats.ttest_rel(t, b).pvalue)
-    return Paired(statistics.mean(d), bootstrap_ci(d, confidence=confidence, seed=seed), sum(x > 0 for x in d),
-                  len(d), p, seeds)
+    mean = statistics.mean(d)
+    t_ci = (math.nan, math.nan)
+    if len(d) > 1:
+        half = float(stats.t.ppf((1 + confidence) / 2, len(d) - 1)) * statistics.stdev(d) / math.sqrt(len(d))
+        t_ci = (mean - half, mean + half)
+        if statistics.pstdev(d) > 0:
+            p = float(stats.ttest_rel(t, b).pvalue)
+    return Paired(mean, bootstrap_ci(d, confidence=confidence, seed=seed), sum(x > 0 for x in d),
+                  len(d), p, seeds, t_ci)
 
 
 @dataclass(frozen=True)
