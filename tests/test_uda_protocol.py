@@ -290,3 +290,37 @@ def test_dann_on_the_digit_protocol_sends_target_gradient_into_the_backbone(imag
     for _ in range(3):
         t.train_step()
     assert norms[0] == 0 and norms[1] > 0 and norms[2] > 0
+
+
+# --------------------------------------------------------------------------- where L_CM is applied
+@pytest.mark.parametrize("rows", ["all", "labeled"])
+def test_supercm_rows_decides_which_features_its_loss_pulls(pair, monkeypatch, rows):
+    """cm.rows (issue 17 §3's ablation): "all" (the paper) pulls every row of [source ; target] toward the
+    centroids; "labeled" takes L_CM over the source rows alone, equal to the direct computation on them,
+    and sends the target features no gradient."""
+    from supercm.cm import cm_loss
+
+    t = Trainer(cfg(**{"cm.beta": 0.3, "cm.rows": rows}), None, dataset=pair)
+    term, seen = t.term("cm"), {}
+    real = term.loss
+
+    def spy(batch):
+        loss = real(batch)
+        head, n = batch.model.head, batch.num_labeled
+        grad = torch.autograd.grad(loss, batch.output.features, retain_graph=True)[0]
+        x = batch.features if rows == "all" else batch.features[:n]
+        direct = cm_loss(x, batch.output.responsibilities[: x.shape[0]], head.centroids, head.alpha)  # γ: the encoder's
+        seen.update(loss=loss.detach(), direct=direct.detach(), grad=grad, n=n)
+        return loss
+
+    monkeypatch.setattr(term, "loss", spy)
+    t.train_step()
+    torch.testing.assert_close(seen["loss"], seen["direct"])
+    source_grad, target_grad = seen["grad"][: seen["n"]], seen["grad"][seen["n"]:]
+    assert source_grad.abs().sum() > 0
+    assert (target_grad.abs().sum() > 0) == (rows == "all")
+
+
+def test_supercm_rows_is_checked_with_the_key():
+    with pytest.raises(ConfigError, match=r"'cm.rows' must be 'all' or 'labeled', got 'target'"):
+        from_dict({"cm": {"rows": "target"}})

@@ -113,7 +113,7 @@ def build_terms(cfg: Config) -> list[WeightedTerm]:
     SuperCM first keeps the floating-point sum, and so every run, identical to the trainer's earlier
     form CE + β·L_CM + δ·w·L_base. (Built method first: the order of their random initialisation.)"""
     method = WeightedTerm(build_method(cfg.method.name, cfg.method.options), cfg.method.delta, cfg.method.rampup, "base")
-    supercm = {"features": cfg.cm.features, "centroid_source": cfg.cm.centroid_source}
+    supercm = {"features": cfg.cm.features, "centroid_source": cfg.cm.centroid_source, "rows": cfg.cm.rows}
     cm = [WeightedTerm(build_method("supercm", supercm), cfg.cm.beta, 0, "cm")] if cfg.cm.beta > 0 else []
     regularisers = [WeightedTerm(build_method(r.name, r.options), r.weight, r.rampup, r.name) for r in cfg.regularisers]
     return [*cm, method, *regularisers]

@@ -136,6 +136,7 @@ class CMConfig(_Section):
     alpha: float = Field(1.0, gt=0)  # Dirichlet prior; 1 (SuperCM) makes E4 vanish
     features: Literal["reuse", "eval_pass"] = "reuse"  # reuse: detached training features; eval_pass: extra eval-mode pass (authors' code)
     centroid_source: Literal["labeled", "labeled+pseudo"] = "labeled"  # labeled+pseudo: also the unlabeled rows the base method pseudo-labels
+    rows: Literal["all", "labeled"] = "all"  # all: L_CM on the whole joined batch (the paper); labeled: the labeled/source rows only (an ablation)
 
     @model_validator(mode="after")
     def _pseudo_needs_reuse(self) -> "CMConfig":

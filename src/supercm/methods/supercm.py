@@ -12,6 +12,8 @@ from .base import Batch, Term, register
 FEATURE_MODES = ("reuse", "eval_pass")
 #: Values of ``cm.centroid_source``: what the centroids are computed from.
 CENTROID_SOURCES = ("labeled", "labeled+pseudo")
+#: Values of ``cm.rows``: the rows whose features ``L_CM`` pulls toward the centroids.
+LOSS_ROWS = ("all", "labeled")
 
 
 @register("supercm")
@@ -40,6 +42,11 @@ class SuperCM(Term):
     replaces the labeled class mean in the centroid rule (a class is present when its total weight
     is > 0). Needs ``features="reuse"`` and a base method that pseudo-labels.
 
+    ``rows`` (``cm.rows``): ``"all"`` (the paper) applies ``L_CM`` to every row of the joined batch;
+    ``"labeled"`` to the labeled (source) rows only, ``n`` = their count, so the unlabeled (target)
+    features get no gradient from SuperCM: the ablation that asks whether pulling target features
+    toward the source centroids is what helps or hurts in UDA (issue 17 §3).
+
     The model must be a :class:`supercm.models.CMClassifier` (a backbone and a
     :class:`supercm.cm.ClusteringModule` head): the CM encoder is the classifier.
     """
@@ -50,6 +57,7 @@ class SuperCM(Term):
     class Options:
         features: str = field(default="reuse", metadata={"choices": FEATURE_MODES})
         centroid_source: str = field(default="labeled", metadata={"choices": CENTROID_SOURCES})
+        rows: str = field(default="all", metadata={"choices": LOSS_ROWS})
 
         def validate(self) -> None:
             if self.centroid_source == "labeled+pseudo" and self.features != "reuse":
@@ -75,10 +83,19 @@ class SuperCM(Term):
         elif self.options.features == "reuse":
             head.update_centroids(batch.features_labeled.detach(), batch.y_labeled)
         # The forward pass's γμ used the centroids before this update: the loss recomputes it.
-        return head.loss(batch.features, batch.output._replace(reconstruction=None))
+        features, output = self._rows(batch)
+        return head.loss(features, output._replace(reconstruction=None))
+
+    def _rows(self, batch: Batch):
+        """The features and head output ``L_CM`` is taken over: the whole batch, or its labeled rows."""
+        if self.options.rows == "labeled":
+            n = batch.num_labeled
+            return batch.features_labeled, batch.output._make(None if t is None else t[:n] for t in batch.output)
+        return batch.features, batch.output
 
     @torch.no_grad()
     def log_terms(self, batch: Batch) -> dict[str, Tensor]:
         head = batch.model.head
-        terms = head.loss_terms(batch.features.detach(), batch.output._replace(reconstruction=None))
+        features, output = self._rows(batch)
+        terms = head.loss_terms(features.detach(), output._replace(reconstruction=None))
         return dict(zip(("e1", "e2", "e3", "e4"), terms))
