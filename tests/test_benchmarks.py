@@ -218,3 +218,18 @@ def test_precision_census_counts_dtypes_and_conversions():
         b.float()
     assert census.conversions == {"torch.float32->torch.bfloat16": 1, "torch.bfloat16->torch.float32": 1}
     assert census.by_dtype["torch.bfloat16"] >= 2
+
+
+def test_uda_curves_average_each_evaluation_over_seeds(tmp_path, capsys):
+    import uda_curves
+
+    for seed, tests in enumerate([(0.50, 0.70), (0.60, 0.80)]):
+        run = tmp_path / f"p-dann-cm-seed{seed}"
+        run.mkdir()
+        run.joinpath("eval.jsonl").write_text("".join(
+            json.dumps({"iteration": 100 * (k + 1), "val": 0.9, "test": t}) + "\n" for k, t in enumerate(tests)))
+    (tmp_path / "p-dann-seed0").mkdir()  # "dann" must not take in the dann-cm runs, nor a run without eval.jsonl
+    text = uda_curves.table(tmp_path, "p", ["dann-cm"])
+    assert "| dann-cm, target test % | 2 | 55.0 ± 7.1 | 75.0 ± 7.1 |" in text
+    with pytest.raises(SystemExit, match="no run of p with arms dann"):
+        uda_curves.table(tmp_path, "p", ["dann"])
