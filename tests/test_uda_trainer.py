@@ -11,7 +11,7 @@ import torch
 
 from supercm.config import ConfigError, from_dict
 from supercm.data import UNLABELED, ArrayDataset, DomainPair
-from supercm.methods import check_terms
+from supercm.methods import METHODS, check_terms
 from supercm.train import CHECKPOINT, EVALS, METRICS, Trainer, lr_factor
 
 UDA = {
@@ -218,3 +218,27 @@ def test_demo_uda_prints_the_three_arms_under_named_rules(pair, monkeypatch, cap
     assert "| source only | 0 |" in out and "| DANN | 0 |" in out and "| DANN + SuperCM | 0.3 |" in out
     assert "target test % (source-val rule)" in out and "oracle % (test-selected, not a result)" in out
     assert "DANN + SuperCM vs DANN (source-val rule)" in out
+    assert "a shortened schedule: λ_p and η_p run over 20 iterations" in out
+
+
+@pytest.mark.parametrize("stem,method,beta", [("source_only", "supervised", 0.0), ("dann", "dann", 0.0),
+                                              ("dann-cm", "dann", 0.3)])
+def test_demo_uda_runs_the_shipped_configs_but_for_their_length(stem, method, beta):
+    """The demo's arms are configs/uda/mnist10k-to-mnistm_style-{source_only,dann,dann-cm}.yaml with
+    train.iterations (and the logging cadence) shortened: a change to the configs must reach the demo."""
+    from pathlib import Path
+
+    import supercm.demo as demo
+    from supercm.config import load_config
+
+    shipped = load_config(Path(__file__).resolve().parents[1] / "configs" / "uda" / f"mnist10k-to-mnistm_style-{stem}.yaml")
+    arm = from_dict(demo.UDA_DEMO_CONFIG).replace(**{
+        "method.name": method, "method.options": demo.UDA_DEMO_DANN if method == "dann" else {}, "cm.beta": beta})
+    assert shipped.train.iterations == demo.UDA_FULL_ITERATIONS
+    for section in ("data", "model", "optim"):
+        assert getattr(arm, section) == getattr(shipped, section), section
+    assert (arm.cm.beta, arm.cm.centroids, arm.cm.features) == (shipped.cm.beta, shipped.cm.centroids, shipped.cm.features)
+    assert arm.method.name == shipped.method.name
+    term = METHODS[method]  # the options as the term reads them, defaults filled in
+    assert term.Options(**arm.method.options) == term.Options(**shipped.method.options)
+    assert (arm.train.batch_labeled, arm.train.batch_unlabeled) == (shipped.train.batch_labeled, shipped.train.batch_unlabeled)

@@ -154,8 +154,9 @@ def _report(ce: Arm, cm: Arm, val: dict, seeds: int, elapsed: float, cfg: Config
 #: The UDA demo's protocol: configs/uda/mnist10k-to-mnistm_style-*.yaml, the DANN paper's digit protocol
 #: (its MNIST network, its one-hidden-layer domain classifier, λ_p and η_p over progress p = i/T),
 #: shortened to fit a few minutes on two CPU cores. Source only sees the source rows alone (the field's).
+#: Every value but the length equals those configs' (a test compares them).
 UDA_DEMO_CONFIG = {
-    "data": {"name": "mnist10k", "target": "mnistm_style", "num_validation": 500},
+    "data": {"name": "mnist10k", "target": "mnistm_style", "num_validation": 1000},
     "model": {"backbone": "ganin_mnist", "options": {}},
     "cm": {"centroids": "paper", "features": "reuse"},
     "method": {"name": "supervised"},
@@ -164,6 +165,8 @@ UDA_DEMO_CONFIG = {
     "train": {"iterations": 1000, "batch_labeled": 32, "batch_unlabeled": 32, "eval_every": 250,
               "ema_decay": 0, "progress": False, "tensorboard": False},
 }
+#: The configs' length (configs/generate.py UDA_ITERATIONS): the demo says when it runs shorter.
+UDA_FULL_ITERATIONS = 3000
 #: DANN's options in the demo: the paper's digit domain classifier and λ_p (configs/generate.py DIGIT_DANN).
 UDA_DEMO_DANN = {"hidden": 100, "depth": 1, "batch_norm": False, "lambda_schedule": "progress"}
 #: (label, base method, β): source only, DANN, DANN + SuperCM.
@@ -245,4 +248,8 @@ def _uda_report(runs: dict, seeds: int, elapsed: float, cfg: Config, workers: in
         lines.append(f"{UDA_ARMS[b][0]} vs {UDA_ARMS[a][0]} (source-val rule): {100 * d.gain:+.2f} points, "
                      f"better in {d.wins}/{d.n} seeds, paired t-test p = {d.p_value:.3g}")
     lines.append(f"time: {elapsed:.1f} s ({workers} single-threaded processes)")
+    if cfg.train.iterations < UDA_FULL_ITERATIONS:
+        lines.append(f"(a shortened schedule: λ_p and η_p run over {cfg.train.iterations} iterations; the configs' "
+                     f"protocol is {UDA_FULL_ITERATIONS} (`--iterations {UDA_FULL_ITERATIONS}`), over which SuperCM's "
+                     f"effect on DANN differs: BENCHMARKS.md, issue 17)")
     return "\n".join(lines)
