@@ -275,9 +275,11 @@ def test_compare_groups_the_projects_own_results_file_by_configuration(tmp_path,
 
 
 def _per_run_results(path: Path) -> bool:
-    """A results file of runs (rows with a seed), not a curve of one run (e.g. benchmarks/mask_rate.py's)."""
-    first = path.read_text().splitlines()[0]
-    return "seed" in json.loads(first)
+    """A results file of runs over several seeds (rows with a seed), not a curve of one run (e.g.
+    benchmarks/mask_rate.py's) nor a one-seed exploration (e.g. uda_long_schedule.jsonl: each of its
+    groups is one run by design, so it cannot show a grouping key that splits seeds)."""
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    return "seed" in rows[0] and len({r["seed"] for r in rows}) > 1
 
 
 @pytest.mark.parametrize("path", [p for p in sorted((ROOT / "benchmarks" / "results").glob("*.jsonl"))
