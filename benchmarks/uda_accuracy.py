@@ -140,10 +140,7 @@ def table(records: list[dict]) -> str:
                   "|---|---|---|---|---|---|---|---|"]
         for pair in pairs:
             for method in methods:
-                arms = {cm: {r["seed"]: r["rules"][rule] for r in records
-                             if r["pair"] == pair and r["method"] == method and r["cm"] == cm
-                             and r["rules"].get(rule) is not None}
-                        for cm in (False, True)}
+                arms = {cm: _arm(records, pair, method, cm, rule) for cm in (False, True)}
                 if not arms[False] and not arms[True]:
                     continue
                 base = fmt(arms[False]) if arms[False] else "–"
@@ -157,6 +154,12 @@ def table(records: list[dict]) -> str:
         lines += _benchmark_averages(records, rule, methods)
         lines.append("")
     return "\n".join(lines + against_source_only(records, pairs, methods) + regret_table(records))
+
+
+def _arm(records: list[dict], pair: str, method: str, cm: bool, rule: str) -> dict:
+    """``{seed: target test accuracy under rule}`` of one arm (runs that lack the rule left out)."""
+    return {r["seed"]: r["rules"][rule] for r in records if r["pair"] == pair and r["method"] == method
+            and r["cm"] == cm and r["rules"].get(rule) is not None}
 
 
 def _ci(d) -> str:
@@ -174,15 +177,12 @@ def against_source_only(records: list[dict], pairs: list[str], methods: list[str
     rows = 0
     for rule, label in RULES:
         for pair in pairs:
-            def arm(method: str, cm: bool) -> dict:
-                return {r["seed"]: r["rules"][rule] for r in records if r["pair"] == pair and r["method"] == method
-                        and r["cm"] == cm and r["rules"].get(rule) is not None}
-            reference = arm("source_only", False)
+            reference = _arm(records, pair, "source_only", False, rule)
             for method in methods:
                 for cm in (False, True):
                     if (method, cm) == ("source_only", False):
                         continue
-                    d = paired(reference, arm(method, cm))
+                    d = paired(reference, _arm(records, pair, method, cm, rule))
                     if d.n:
                         rows += 1
                         name = method + (" + SuperCM" if cm else "")
