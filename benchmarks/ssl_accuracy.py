@@ -69,7 +69,7 @@ def run_one(dataset: str, method: str, arm: str, seed: int, overrides: list[str]
 
     def on_evaluate(rec: dict) -> None:
         curve.append({"iteration": rec["iteration"], "seconds": trainer.elapsed, "val": rec["val"],
-                      "test_at_best_val": trainer.best["test"]})
+                      "test_at_best_val": trainer.selection.best["test"]})
 
     result = trainer.fit(on_evaluate)
     return {

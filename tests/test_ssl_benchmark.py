@@ -49,3 +49,16 @@ def test_the_pseudo_centroid_arm_is_paired_with_the_base_and_curves_are_averaged
     curves = ssl_accuracy.curve_table(rows)
     assert "| d | FixMatch | 90.00 ± 0.00 | 95.00 ± 0.00 | not reached |" in curves
     assert "| d | FixMatch + SuperCM (pseudo centroids) | 96.00 ± 0.00 | 98.00 ± 0.00 | iteration 200 (1000 s) |" in curves
+
+
+def test_a_run_records_its_curve_through_the_trainer():
+    """run_one trains a config through the real Trainer and records, at every evaluation, the test
+    accuracy of the validation-selected model so far (the curve the time-to-accuracy table reads).
+    It broke silently once when the trainer's selection state moved to ``trainer.selection``."""
+    r = ssl_accuracy.run_one("mnist10k", "fixmatch", "cm_pseudo", 0,
+                             ["data.name=digits", "data.options.image=true", "data.num_validation=100", "train.iterations=4",
+                              "train.eval_every=2", "train.ema_decay=0", "train.batch_unlabeled=16"])
+    assert [c["iteration"] for c in r["curve"]] == [2, 4]
+    assert r["curve"][-1]["test_at_best_val"] == r["test_accuracy_at_best_val"]
+    assert all(0.0 <= c["val"] <= 1.0 and c["seconds"] >= 0 for c in r["curve"])
+    assert r["centroid_source"] == "labeled+pseudo" and r["arm"] == "cm_pseudo" and r["beta"] > 0
