@@ -84,6 +84,30 @@ def test_density_ratios_recover_a_known_gaussian_shift():
     assert label_free.density_ratios(xs, xt, xs, seed=0).mean() == pytest.approx(1.0, abs=0.1)
 
 
+def test_dev_has_no_score_where_its_weights_cannot_be_resolved():
+    """Separable domains (a DANN run that does not align) give density ratios of e^100 and beyond
+    in float64 the control variate's cancellation is then noise, and e^710 overflows. DEV has no
+    score there (NaN, which a rule never picks), computed without a floating-point warning, while a
+    moderate shift keeps its finite value."""
+    import warnings
+
+    g = torch.Generator().manual_seed(0)
+    xs, xt = torch.randn(400, 2, generator=g), torch.randn(400, 2, generator=g) + 60.0
+    logits = torch.randn(50, 3, generator=g)
+    labels = torch.randint(0, 3, (50,), generator=g)
+    beyond_target = torch.randn(50, 2, generator=g) + 20000.0  # the linear logit extrapolates to ~e^4900
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert math.isnan(label_free.dev_score(xs, xt, beyond_target, logits, labels))
+        log_w = label_free.log_density_ratios(xs, xt, beyond_target)
+        assert np.isfinite(log_w).all() and log_w.min() > 700  # exp would overflow
+        assert np.isinf(label_free.density_ratios(xs, xt, beyond_target)).all()
+        # Finite but far beyond float64's resolution of the control variate: no score either.
+        assert math.isnan(label_free.dev_score(xs, xt, torch.randn(50, 2, generator=g) + 1000.0, logits, labels))
+        moderate = label_free.dev_score(xs, xs + 0.5, xs[:50], logits, labels)
+    assert math.isfinite(moderate)
+
+
 # --------------------------------------------------------------------------- through the trainer
 
 

@@ -22,6 +22,10 @@ largest one (:class:`~supercm.evaluation.Selection`). ``p_i = softmax(logits_i)`
   control variate removes the part of the estimator's variance that the weights' own spread causes
   without moving its mean. The loss is the cross-entropy (the paper's ℓ is any loss; the authors'
   code passes the 0/1 error, which is flat when the source-validation accuracy is 98–99 %).
+  Where some validation row's ratio exceeds ``e^DEV_MAX_LOG_RATIO`` (domains the classifier separates,
+  as on a run whose alignment failed), DEV has **no score** (NaN, which a rule never picks): one such
+  row dominates both ``mean(w·l)`` and ``η·mean(w)``, and in float64 their difference, which the
+  estimator is, drowns in the rounding of terms ``e^30`` times larger (and ``e^710`` overflows).
 """
 
 from __future__ import annotations
@@ -36,6 +40,10 @@ from torch import Tensor
 SND_TEMPERATURE = 0.05
 #: Inverse regularisation strengths C the domain classifier of DEV chooses from, by held-out log-loss.
 DOMAIN_CLASSIFIER_C = (0.01, 0.1, 1.0, 10.0)
+#: Largest log density ratio at which DEV is still resolved in float64: with ratios up to e^30 ≈ 10^13
+#: the rounding of ``mean(w·l)`` and ``η·mean(w)`` (about 2·10⁻¹⁶ · 10^13 / n of the loss) stays far
+#: below the differences between iterates; beyond it DEV has no score (module docstring).
+DEV_MAX_LOG_RATIO = 30.0
 
 
 def _probs(logits: Tensor) -> Tensor:
@@ -67,12 +75,19 @@ def snd_score(logits: Tensor, temperature: float = SND_TEMPERATURE) -> float:
 
 
 def density_ratios(source: Tensor, target: Tensor, query: Tensor, *, seed: int = 0) -> np.ndarray:
-    """``p_T(x)/p_S(x)`` at the rows of ``query``, from a logistic-regression domain classifier trained
+    """``p_T(x)/p_S(x)`` at the rows of ``query``: ``exp`` of :func:`log_density_ratios` (``inf`` where
+    that exceeds float64)."""
+    with np.errstate(over="ignore"):
+        return np.exp(log_density_ratios(source, target, query, seed=seed))
+
+
+def log_density_ratios(source: Tensor, target: Tensor, query: Tensor, *, seed: int = 0) -> np.ndarray:
+    """``log p_T(x)/p_S(x)`` at the rows of ``query``, from a logistic-regression domain classifier trained
     on ``source`` vs ``target`` feature rows (standardised by their joint mean and std). Its C is the one
     of :data:`DOMAIN_CLASSIFIER_C` with the lowest log-loss on a held-out 20 % (seeded, stratified; the
     classifier fitted on the other 80 % is used, as in the authors' code, which picks by accuracy: flat
-    across C when the domains overlap, while the ratios need calibrated probabilities); ``w = (n_S/n_T) · exp(logit
-    P(target|x))``, ``n_S, n_T`` the rows it was fitted on."""
+    across C when the domains overlap, while the ratios need calibrated probabilities); ``log w = logit
+    P(target|x) + log(n_S/n_T)``, ``n_S, n_T`` the rows it was fitted on."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import log_loss
     from sklearn.model_selection import train_test_split
@@ -90,7 +105,7 @@ def density_ratios(source: Tensor, target: Tensor, query: Tensor, *, seed: int =
     fitted = [fit(x_fit, y_fit, c) for c in DOMAIN_CLASSIFIER_C]
     clf = min(fitted, key=lambda f: log_loss(y_held, f.predict_proba((x_held - mean) / std), labels=[0, 1]))
     q = (query.double().cpu().numpy() - mean) / std
-    return np.exp(clf.decision_function(q)) * float((y_fit == 0).sum() / (y_fit == 1).sum())
+    return clf.decision_function(q) + math.log((y_fit == 0).sum() / (y_fit == 1).sum())
 
 
 def dev_risk(weights, losses) -> float:
@@ -106,11 +121,14 @@ def dev_risk(weights, losses) -> float:
 
 def dev_score(source_features: Tensor, target_features: Tensor, val_features: Tensor, val_logits: Tensor,
               val_labels: Tensor, *, seed: int = 0) -> float:
-    """``−R_DEV`` of the source-validation rows (cross-entropy losses, ratios from :func:`density_ratios`)."""
+    """``−R_DEV`` of the source-validation rows (cross-entropy losses, ratios from :func:`density_ratios`);
+    NaN where a ratio exceeds ``e^DEV_MAX_LOG_RATIO`` (module docstring)."""
     losses = torch.nn.functional.cross_entropy(val_logits.double(), val_labels.long(), reduction="none")
-    w = density_ratios(source_features, target_features, val_features, seed=seed)
-    return -dev_risk(w, losses.cpu().numpy())
+    log_w = log_density_ratios(source_features, target_features, val_features, seed=seed)
+    if not log_w.max() <= DEV_MAX_LOG_RATIO:
+        return float("nan")
+    return -dev_risk(np.exp(log_w), losses.cpu().numpy())
 
 
-__all__ = ["DOMAIN_CLASSIFIER_C", "SND_TEMPERATURE", "density_ratios", "dev_risk", "dev_score", "entropy",
+__all__ = ["DEV_MAX_LOG_RATIO", "DOMAIN_CLASSIFIER_C", "SND_TEMPERATURE", "density_ratios", "dev_risk", "dev_score", "entropy",
            "entropy_score", "im_score", "snd_score"]
