@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -85,12 +86,10 @@ def test_density_ratios_recover_a_known_gaussian_shift():
 
 
 def test_dev_has_no_score_where_its_weights_cannot_be_resolved():
-    """Separable domains (a DANN run that does not align) give density ratios of e^100 and beyond
+    """Separable domains (a DANN run that does not align) give density ratios of e^100 and beyond:
     in float64 the control variate's cancellation is then noise, and e^710 overflows. DEV has no
     score there (NaN, which a rule never picks), computed without a floating-point warning, while a
     moderate shift keeps its finite value."""
-    import warnings
-
     g = torch.Generator().manual_seed(0)
     xs, xt = torch.randn(400, 2, generator=g), torch.randn(400, 2, generator=g) + 60.0
     logits = torch.randn(50, 3, generator=g)
