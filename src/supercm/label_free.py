@@ -130,5 +130,5 @@ def dev_score(source_features: Tensor, target_features: Tensor, val_features: Te
     return -dev_risk(np.exp(log_w), losses.cpu().numpy())
 
 
-__all__ = ["DEV_MAX_LOG_RATIO", "DOMAIN_CLASSIFIER_C", "SND_TEMPERATURE", "density_ratios", "dev_risk", "dev_score", "entropy",
-           "entropy_score", "im_score", "snd_score"]
+__all__ = ["DEV_MAX_LOG_RATIO", "DOMAIN_CLASSIFIER_C", "SND_TEMPERATURE", "density_ratios", "dev_risk", "dev_score",
+           "entropy", "entropy_score", "im_score", "log_density_ratios", "snd_score"]
