@@ -25,6 +25,10 @@ reported under the three selection rules the trainer records, named in every tab
 
 Each rule's **regret** against the oracle (oracle's target test accuracy − the rule's, per run: mean,
 max, share of runs within 1 point) over every run in the file closes the table: which rule to trust.
+Before it, the **Decided?** table: for each pair and comparison (each adapting method − source only,
+each method + SuperCM − the method) and each rule, the half-width of the paired gain's 95 % t interval
+now, and the seeds it would need to reach ±``--half-width`` points (default 1.5, issue 17's bar) at the
+sd of its paired differences so far: where to add seeds next.
 ``--table-only`` rewrites the table from ``--out`` without training.
 
 Finished runs are appended to ``--out`` (JSON lines) at once; a rerun skips them. A killed sweep
@@ -60,6 +64,11 @@ RULES = (("best_validation", "source-val"), ("last", "last"), ("dev", "DEV"), ("
          ("im", "IM"), ("oracle_test_selected", "oracle (test-selected)"))
 #: The rules that read no target label, whose regret against the oracle the table reports.
 LABEL_FREE = tuple(r for r, _ in RULES if r != "oracle_test_selected")
+#: How the tables name each method.
+LABELS = {"source_only": "source only", "dann": "DANN", "mcc": "MCC", "bnm": "BNM", "dann+mcc": "DANN + MCC",
+          "dann+bnm": "DANN + BNM"}
+#: The paired 95 % interval half-width (points) a comparison must reach to count as decided (issue 17).
+DECIDED = 1.5
 
 
 def config_path(pair: str, method: str, cm: bool) -> Path:
@@ -121,7 +130,7 @@ def _key(r: dict) -> tuple:
     return (r["pair"], r["method"], r["cm"], r["seed"], tuple(r["overrides"]))
 
 
-def table(records: list[dict]) -> str:
+def table(records: list[dict], half_width: float = DECIDED) -> str:
     from supercm.analysis.compare import paired, summarize
 
     def fmt(values: dict) -> str:
@@ -153,7 +162,8 @@ def table(records: list[dict]) -> str:
                 lines.append(f"| {pair} | {method} | {base} | {cm} | {gain} | {ci} | {wins} | {p} |")
         lines += _benchmark_averages(records, rule, methods)
         lines.append("")
-    return "\n".join(lines + against_source_only(records, pairs, methods) + regret_table(records))
+    return "\n".join(lines + against_source_only(records, pairs, methods)
+                     + precision_table(records, pairs, methods, half_width) + regret_table(records))
 
 
 def _arm(records: list[dict], pair: str, method: str, cm: bool, rule: str) -> dict:
@@ -187,6 +197,52 @@ def against_source_only(records: list[dict], pairs: list[str], methods: list[str
                         rows += 1
                         name = method + (" + SuperCM" if cm else "")
                         lines.append(f"| {label} | {pair} | {name} | {100 * d.gain:+.2f} | {_ci(d)} | {d.wins}/{d.n} |")
+    return lines + [""] if rows else []
+
+
+def comparisons(methods: list[str]) -> list[tuple[str, tuple[str, bool], tuple[str, bool]]]:
+    """``(label, baseline arm, treatment arm)`` for each comparison the precision table judges: each
+    adapting method − source only (does the baseline adapt?), then each method + SuperCM − the method."""
+    out = [(f"{LABELS.get(m, m)} − source only", ("source_only", False), (m, False))
+           for m in methods if m != "source_only"]
+    return out + [(f"{LABELS.get(m, m)} + SuperCM − {LABELS.get(m, m)}", (m, False), (m, True)) for m in methods]
+
+
+def precision_table(records: list[dict], pairs: list[str], methods: list[str], half_width: float = DECIDED) -> list[str]:
+    """Is each comparison decided? Per pair × comparison × rule: the half-width of the paired gain's 95 % t
+    interval now, and the seeds it would need to reach ±``half_width`` points at the sd of its paired
+    differences so far (:func:`supercm.analysis.compare.seeds_for_half_width`); the last column is the
+    seeds at which every rule would reach it."""
+    from supercm.analysis.compare import paired, seeds_for_half_width
+
+    rules = [(r, label.split(" ")[0]) for r, label in RULES if any(x["rules"].get(r) is not None for x in records)]
+    lines = [(f"**Decided?** Half-width of each paired gain's 95 % t interval (points, t(n−1)·sd/√n) under each rule; "
+              f"**bold**: within ±{half_width:g}; otherwise, in brackets, the seeds it needs for ±{half_width:g} at the "
+              f"sd of its paired differences so far (the smallest m with t(m−1)·sd/√m ≤ {half_width:g})"), "",
+             "| pair | comparison | seeds | " + " | ".join(label for _, label in rules) + " | seeds for every rule |",
+             "|---|---|---|" + "---|" * (len(rules) + 1)]
+    rows = 0
+    for pair in pairs:
+        for label, a, b in comparisons(methods):
+            cells, needed, ns = [], [], set()
+            for rule, _ in rules:
+                d = paired(_arm(records, pair, *a, rule), _arm(records, pair, *b, rule))
+                if d.n < 2:
+                    cells.append("–")
+                    needed.append(None)
+                    continue
+                ns.add(d.n)
+                m = seeds_for_half_width(100 * d.sd, half_width)
+                needed.append(m)
+                if 100 * d.half_width <= half_width:
+                    cells.append(f"**±{100 * d.half_width:.2f}**")
+                else:
+                    cells.append(f"±{100 * d.half_width:.2f} ({m if m is not None else '> 100000'})")
+            if not ns:
+                continue
+            rows += 1
+            total = "–" if None in needed else str(max(needed))
+            lines.append(f"| {pair} | {label} | {'/'.join(map(str, sorted(ns)))} | " + " | ".join(cells) + f" | {total} |")
     return lines + [""] if rows else []
 
 
@@ -233,6 +289,16 @@ def positive_int(text: str) -> int:
     return _positive_int(text)
 
 
+def positive_points(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        v = float("nan")
+    if not 0 < v < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of points > 0, got {text}")
+    return v
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pairs", nargs="+", default=None, choices=PAIRS)
@@ -245,6 +311,8 @@ def main() -> None:
     ap.add_argument("--workers", type=positive_int, default=None, help="parallel runs (default: CPU count; 1 with --benchmark)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "uda_accuracy.jsonl"))
     ap.add_argument("--table-only", action="store_true", help="rewrite the table from --out's runs; train nothing")
+    ap.add_argument("--half-width", type=positive_points, default=DECIDED,
+                    help=f"paired 95 %% interval half-width (points) that counts as decided (default {DECIDED:g})")
     ap.add_argument("overrides", nargs="*", help="extra key=value config overrides for every run")
     a = ap.parse_args()
     if a.benchmark and a.pairs:
@@ -279,7 +347,7 @@ def main() -> None:
                   f"source-val rule {'–' if val is None else f'{100 * val:.2f}'}", file=sys.stderr)
     records = [json.loads(line) for line in out.read_text().splitlines()]
     records = [r for r in records if tuple(r["overrides"]) == tuple(overrides)]
-    md = table(records)
+    md = table(records, a.half_width)
     out.with_suffix(".md").write_text(md + "\n")
     print(md)
     if failed:

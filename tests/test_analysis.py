@@ -170,6 +170,35 @@ def test_paired_t_interval_is_mean_plus_minus_t_sd_over_root_n():
     assert all(math.isnan(x) for x in paired({0: 0.5}, {0: 0.6}).t_ci)
 
 
+def test_seeds_for_half_width_is_the_first_m_whose_t_interval_fits():
+    """m seeds give the half-width t_{0.975}(m − 1)·sd/√m; the answer is the smallest m where it is ≤ h."""
+    from scipy import stats
+
+    from supercm.analysis.compare import paired, seeds_for_half_width
+
+    def hw(sd, m):
+        return stats.t.ppf(0.975, m - 1) * sd / math.sqrt(m)
+
+    # sd = h: t(5)/√6 = 1.050 > 1 ≥ t(6)/√7 = 0.925, so 7 seeds
+    assert seeds_for_half_width(1.5, 1.5) == 7
+    for sd, h in [(2.0, 1.5), (5.3, 1.5), (14.36, 1.5), (0.4, 1.5), (3.0, 0.5)]:
+        m = seeds_for_half_width(sd, h)
+        assert hw(sd, m) <= h and (m == 2 or hw(sd, m - 1) > h), (sd, h, m)
+    # for many seeds t → z: about (1.96·sd/h)² seeds
+    assert seeds_for_half_width(20.0, 1.0) == pytest.approx((1.96 * 20) ** 2, rel=0.01)
+    assert seeds_for_half_width(0.0, 1.5) == 2 and seeds_for_half_width(math.nan, 1.5) is None
+    assert seeds_for_half_width(1e6, 1.5) is None  # more than the limit
+    with pytest.raises(ValueError, match="half_width must be > 0"):
+        seeds_for_half_width(1.0, 0.0)
+    # Paired carries the sd the projection reads, and the half-width it checks
+    base, treat = {0: 0.60, 1: 0.57, 2: 0.64, 3: 0.59}, {0: 0.67, 1: 0.63, 2: 0.72, 3: 0.66}
+    r = paired(base, treat)
+    d = np.array([0.07, 0.06, 0.08, 0.07])
+    assert r.sd == pytest.approx(d.std(ddof=1)) and r.half_width == pytest.approx(hw(d.std(ddof=1), 4))
+    assert seeds_for_half_width(r.sd, r.half_width * (1 + 1e-9)) == 4  # the seeds run reach the interval they gave
+    assert math.isnan(paired({0: 0.5}, {0: 0.6}).sd)
+
+
 def test_compare_bootstrap_is_seeded_and_errors_are_one_line(tmp_path, capsys):
     from supercm.analysis.compare import bootstrap_ci
 

@@ -233,3 +233,45 @@ def test_uda_curves_average_each_evaluation_over_seeds(tmp_path, capsys):
     assert "| dann-cm, target test % | 2 | 55.0 ± 7.1 | 75.0 ± 7.1 |" in text
     with pytest.raises(SystemExit, match="no run of p with arms dann"):
         uda_curves.table(tmp_path, "p", ["dann"])
+
+
+def test_uda_precision_table_says_which_comparisons_are_decided():
+    """The "Decided?" table: per comparison and rule, the paired t half-width now (bold within ±h), else the
+    seeds that would reach ±h at the sd so far; its last column the seeds at which every rule would."""
+    import math
+
+    import numpy as np
+    import uda_accuracy
+    from scipy import stats
+
+    pair = "mnist10k-to-mnistm_style"
+    # per seed: source only, DANN (a gain of 6 ± 1 points), DANN + SuperCM (a gain of 2 points ± 4)
+    gains_dann = [0.05, 0.07, 0.06, 0.05, 0.07, 0.06]
+    gains_cm = [0.06, -0.02, 0.04, -0.01, 0.05, 0.00]
+    records = []
+    for seed, (g1, g2) in enumerate(zip(gains_dann, gains_cm)):
+        base = 0.60 + 0.01 * seed
+        for method, cm, acc in [("source_only", False, base), ("dann", False, base + g1), ("dann", True, base + g1 + g2)]:
+            rules = {"best_validation": acc, "last": acc, "oracle_test_selected": acc + 0.01}
+            records.append({"pair": pair, "method": method, "cm": cm, "seed": seed, "overrides": [], "rules": rules})
+
+    def hw(d):
+        return 100 * stats.t.ppf(0.975, len(d) - 1) * np.std(d, ddof=1) / math.sqrt(len(d))
+
+    lines = uda_accuracy.precision_table(records, [pair], ["source_only", "dann"])
+    assert lines[2] == "| pair | comparison | seeds | source-val | last | oracle | seeds for every rule |"
+    rows = {line.split(" | ")[1]: line for line in lines if line.startswith(f"| {pair}")}
+    assert set(rows) == {"DANN − source only", "DANN + SuperCM − DANN"}  # no source only + SuperCM runs: no row
+
+    def needed(d):
+        sd = 100 * np.std(d, ddof=1)
+        return next(m for m in range(2, 1000) if stats.t.ppf(0.975, m - 1) * sd / math.sqrt(m) <= 1.5)
+
+    h1 = hw(gains_dann)  # sd 0.89 points: ±1.42 at 4 seeds, ±2.22 at 3
+    assert h1 <= 1.5 and needed(gains_dann) == 4
+    assert rows["DANN − source only"] == f"| {pair} | DANN − source only | 6 | **±{h1:.2f}** | **±{h1:.2f}** | **±{h1:.2f}** | 4 |"
+    h2, m = hw(gains_cm), needed(gains_cm)
+    assert h2 > 1.5 and m > 6 and rows["DANN + SuperCM − DANN"].endswith(f"| ±{h2:.2f} ({m}) | {m} |")
+    # a looser target decides it; the whole Markdown table carries the section
+    assert f"**±{h2:.2f}**" in "\n".join(uda_accuracy.precision_table(records, [pair], ["dann"], half_width=h2 + 0.01))
+    assert "**Decided?**" in uda_accuracy.table(records)

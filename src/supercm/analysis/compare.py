@@ -15,7 +15,11 @@ x_1..x_n over seeds:
 * between a baseline group b and a treatment group t, *paired by seed* (the seed
   fixes the split and the initialisation, so d_i = t_i − b_i removes their share of
   the variance): the mean gain d̄, the number of seeds where t wins, and the paired
-  t-test p-value, from t = d̄ / (s_d / √n) with n − 1 degrees of freedom.
+  t-test p-value, from t = d̄ / (s_d / √n) with n − 1 degrees of freedom, and the 95 % t interval
+  d̄ ± h with half-width h = t_{0.975}(n − 1) · s_d / √n;
+* how many seeds a comparison needs (:func:`seeds_for_half_width`): the smallest m with
+  t_{0.975}(m − 1) · s_d / √m ≤ h* for a target half-width h*, taking the s_d measured so far as the
+  planning value (a projection, not a promise: s_d itself moves as seeds are added).
 """
 
 from __future__ import annotations
@@ -75,6 +79,13 @@ class Paired:
     p_value: float  # NaN when undefined (n < 2 or all differences equal)
     seeds: tuple
     t_ci: tuple[float, float] = (math.nan, math.nan)  # mean ± t(n−1)·sd/√n: honest with few seeds, where the bootstrap is too narrow
+    sd: float = math.nan  # sample std of the paired differences (NaN for n < 2)
+
+    @property
+    def half_width(self) -> float:
+        """Half-width t(n−1)·sd/√n of :attr:`t_ci` (NaN for n < 2)."""
+        lo, hi = self.t_ci
+        return (hi - lo) / 2
 
 
 @dataclass
@@ -125,7 +136,23 @@ def paired(baseline: Mapping, treatment: Mapping, *, confidence: float = 0.95, s
         if statistics.pstdev(d) > 0:
             p = float(stats.ttest_rel(t, b).pvalue)
     return Paired(mean, bootstrap_ci(d, confidence=confidence, seed=seed), sum(x > 0 for x in d),
-                  len(d), p, seeds, t_ci)
+                  len(d), p, seeds, t_ci, statistics.stdev(d) if len(d) > 1 else math.nan)
+
+
+def seeds_for_half_width(sd: float, half_width: float, *, confidence: float = 0.95, limit: int = 100_000) -> int | None:
+    """The smallest number of seeds m ≥ 2 whose paired t interval, t_{(1+c)/2}(m − 1) · sd / √m, is no
+    wider than ``half_width`` on each side, for paired differences of standard deviation ``sd``; None
+    when more than ``limit`` seeds would be needed (or ``sd`` is NaN). The left side falls as m grows
+    (t falls and √m rises), so the answer is the first m where it crosses ``half_width``."""
+    from scipy import stats
+
+    if not half_width > 0:
+        raise ValueError(f"half_width must be > 0, got {half_width}")
+    if math.isnan(sd):
+        return None
+    m = np.arange(2, limit + 1)
+    ok = stats.t.ppf((1 + confidence) / 2, m - 1) * sd / np.sqrt(m) <= half_width
+    return int(m[ok.argmax()]) if ok.any() else None
 
 
 @dataclass(frozen=True)
