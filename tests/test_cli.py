@@ -70,6 +70,27 @@ def test_train_writes_a_run_and_refuses_to_overwrite_it(tmp_path, capsys):
     assert json.loads((run / "summary.json").read_text())["iterations"] == 20
 
 
+def test_overrides_may_follow_an_option(tmp_path, capsys):
+    """`supercm train CONFIG --run-dir X key=value` is a run, not "unrecognized arguments": argparse fills the
+    overrides list once, before the option, and hands the rest back; they join it in the order given."""
+    from supercm.cli import _parse, build_parser
+
+    cfg = str(ROOT / "configs" / "digits.yaml")
+    args = _parse(build_parser(), ["train", cfg, "cm.beta=1", "--run-dir", "r", "cm.beta=2", "train.seed=3"])
+    assert (args.config, args.run_dir, args.overrides) == (cfg, "r", ["cm.beta=1", "cm.beta=2", "train.seed=3"])
+    args = _parse(build_parser(), ["tune", cfg, "--trials", "2", "train.iterations=5"])
+    assert args.overrides == ["train.iterations=5"] and args.trials == 2
+    # through main: the override after --run-dir reaches the config (and is checked there)
+    assert main(["train", cfg, "--run-dir", str(tmp_path / "r"), "cm.betta=1"]) == 2
+    assert "unknown config key 'cm.betta'" in capsys.readouterr().err
+    # what is not key=value is still refused on one line, and nothing was made
+    for stray in (["stray"], ["--bogus"], ["cm.beta=1", "-x"]):
+        assert main(["train", cfg, "--run-dir", str(tmp_path / "s"), *stray]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.splitlines() == [f"supercm: error: unrecognized arguments: {' '.join(stray)} (see 'supercm --help')"]
+    assert not (tmp_path / "s").exists()
+
+
 def test_config_errors_exit_cleanly(capsys):
     assert main(["train", str(ROOT / "configs" / "digits.yaml"), "cm.betta=1"]) == 2
     assert "unknown config key 'cm.betta'" in capsys.readouterr().err

@@ -463,12 +463,24 @@ def _one_line(exc: BaseException) -> str:
     return text
 
 
+def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """``parser.parse_args``, except that key=value overrides may also follow an option: argparse hands
+    the overrides after ``--run-dir X`` in ``supercm train CONFIG --run-dir X cm.beta=0.3`` back as
+    unrecognized (a positional list is filled once), so they join the overrides, in the order given."""
+    args, extra = parser.parse_known_args(argv)
+    if extra and hasattr(args, "overrides") and all("=" in a and not a.startswith("-") for a in extra):
+        args.overrides = [*(args.overrides or []), *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv  # accepted anywhere: supercm train CONFIG ... --debug
     argv = [a for a in argv if a != "--debug"]
     try:
-        args = build_parser().parse_args(argv)
+        args = _parse(build_parser(), argv)
     except SystemExit as exc:  # --help, or a usage error already printed on one line
         return exc.code if isinstance(exc.code, int) else 2
     debug = debug or os.environ.get("SUPERCM_DEBUG", "") not in ("", "0")
