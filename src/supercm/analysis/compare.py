@@ -129,14 +129,15 @@ def paired(baseline: Mapping, treatment: Mapping, *, confidence: float = 0.95, s
         return Paired(math.nan, (math.nan, math.nan), 0, 0, math.nan, seeds)
     p = math.nan
     mean = statistics.mean(d)
-    t_ci = (math.nan, math.nan)
+    t_ci, sd = (math.nan, math.nan), math.nan
     if len(d) > 1:
-        half = float(stats.t.ppf((1 + confidence) / 2, len(d) - 1)) * statistics.stdev(d) / math.sqrt(len(d))
+        sd = statistics.stdev(d)
+        half = float(stats.t.ppf((1 + confidence) / 2, len(d) - 1)) * sd / math.sqrt(len(d))
         t_ci = (mean - half, mean + half)
         if statistics.pstdev(d) > 0:
             p = float(stats.ttest_rel(t, b).pvalue)
     return Paired(mean, bootstrap_ci(d, confidence=confidence, seed=seed), sum(x > 0 for x in d),
-                  len(d), p, seeds, t_ci, statistics.stdev(d) if len(d) > 1 else math.nan)
+                  len(d), p, seeds, t_ci, sd)
 
 
 def seeds_for_half_width(sd: float, half_width: float, *, confidence: float = 0.95, limit: int = 100_000) -> int | None:
