@@ -23,8 +23,11 @@ reported under the three selection rules the trainer records, named in every tab
 * **oracle**: the iterate with the best *target test* accuracy. It selects on the test set — what
   the field's common code reports — so it is an upper bound, never a result.
 
-Each rule's **regret** against the oracle (oracle's target test accuracy − the rule's, per run: mean,
-max, share of runs within 1 point) over every run in the file closes the table: which rule to trust.
+Two tables then put the rules side by side: **every arm** (mean ± std per rule) and the **paired
+gains** (each comparison below, plus each adapting method + SuperCM − source only: mean gain [95 % t
+interval] wins/seeds per rule). Each rule's **regret** against the oracle (oracle's target test
+accuracy − the rule's, per run: mean, max, share of runs within 1 point) over every run in the file
+closes the table: which rule to trust.
 Before it, the **Decided?** table: for each pair and comparison (each adapting method − source only,
 each method + SuperCM − the method) and each rule, the half-width of the paired gain's 95 % t interval
 now, and the seeds it would need to reach ±``--half-width`` points (default 1.5, issue 17's bar) at the
@@ -162,8 +165,9 @@ def table(records: list[dict], half_width: float = DECIDED) -> str:
                 lines.append(f"| {pair} | {method} | {base} | {cm} | {gain} | {ci} | {wins} | {p} |")
         lines += _benchmark_averages(records, rule, methods)
         lines.append("")
-    return "\n".join(lines + against_source_only(records, pairs, methods)
-                     + precision_table(records, pairs, methods, half_width) + regret_table(records))
+    return "\n".join(lines + against_source_only(records, pairs, methods) + arm_table(records, pairs, methods)
+                     + gains_table(records, pairs, methods) + precision_table(records, pairs, methods, half_width)
+                     + regret_table(records))
 
 
 def _arm(records: list[dict], pair: str, method: str, cm: bool, rule: str) -> dict:
@@ -208,6 +212,66 @@ def comparisons(methods: list[str]) -> list[tuple[str, tuple[str, bool], tuple[s
     return out + [(f"{LABELS.get(m, m)} + SuperCM − {LABELS.get(m, m)}", (m, False), (m, True)) for m in methods]
 
 
+def _rules(records: list[dict]) -> list[tuple[str, str]]:
+    """``(rule, short label)`` of the rules some run in ``records`` records."""
+    return [(r, label.split(" ")[0]) for r, label in RULES if any(x["rules"].get(r) is not None for x in records)]
+
+
+def arm_table(records: list[dict], pairs: list[str], methods: list[str]) -> list[str]:
+    """Every arm's target test accuracy (mean ± std over its seeds) with the rules side by side: one row
+    per pair × method × {without, with SuperCM}."""
+    from supercm.analysis.compare import summarize
+
+    rules = _rules(records)
+    lines = ["**Every arm under every rule** (target test accuracy %, mean ± std over seeds)", "",
+             "| pair | arm | seeds | " + " | ".join(label for _, label in rules) + " |", "|---|---|---|" + "---|" * len(rules)]
+    rows = 0
+    for pair in pairs:
+        for method in methods:
+            for cm in (False, True):
+                arms = [_arm(records, pair, method, cm, rule) for rule, _ in rules]
+                if not any(arms):
+                    continue
+                rows += 1
+                cells = []
+                for values in arms:
+                    s = summarize(values.values()) if values else None
+                    cells.append("–" if s is None else f"{100 * s.mean:.2f} ± {100 * s.std:.2f}" if s.n > 1
+                                 else f"{100 * s.mean:.2f}")
+                seeds = max(len(v) for v in arms)
+                name = LABELS.get(method, method) + (" + SuperCM" if cm else "")
+                lines.append(f"| {pair} | {name} | {seeds} | " + " | ".join(cells) + " |")
+    return lines + [""] if rows else []
+
+
+def gains_table(records: list[dict], pairs: list[str], methods: list[str]) -> list[str]:
+    """Each comparison of the Decided? table, plus each adapting method + SuperCM − source only, with the
+    rules side by side: the paired gain in points, its 95 % t interval and wins/seeds."""
+    from supercm.analysis.compare import paired
+
+    rules = _rules(records)
+    comps = comparisons(methods) + [(f"{LABELS.get(m, m)} + SuperCM − source only", ("source_only", False), (m, True))
+                                    for m in methods if m != "source_only"]
+    lines = ["**Paired gains under every rule** (points, paired by seed: mean gain [95 % t interval] wins/seeds)", "",
+             "| pair | comparison | " + " | ".join(label for _, label in rules) + " |", "|---|---|" + "---|" * len(rules)]
+    rows = 0
+    for pair in pairs:
+        for label, a, b in comps:
+            cells = []
+            for rule, _ in rules:
+                d = paired(_arm(records, pair, *a, rule), _arm(records, pair, *b, rule))
+                if not d.n:
+                    cells.append("–")
+                    continue
+                lo, hi = d.t_ci
+                ci = "" if lo != lo else f" [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+                cells.append(f"{100 * d.gain:+.1f}{ci} {d.wins}/{d.n}")
+            if any(c != "–" for c in cells):
+                rows += 1
+                lines.append(f"| {pair} | {label} | " + " | ".join(cells) + " |")
+    return lines + [""] if rows else []
+
+
 def precision_table(records: list[dict], pairs: list[str], methods: list[str], half_width: float = DECIDED) -> list[str]:
     """Is each comparison decided? Per pair × comparison × rule: the half-width of the paired gain's 95 % t
     interval now, and the seeds it would need to reach ±``half_width`` points at the sd of its paired
@@ -215,7 +279,7 @@ def precision_table(records: list[dict], pairs: list[str], methods: list[str], h
     seeds at which every rule would reach it."""
     from supercm.analysis.compare import paired, seeds_for_half_width
 
-    rules = [(r, label.split(" ")[0]) for r, label in RULES if any(x["rules"].get(r) is not None for x in records)]
+    rules = _rules(records)
     lines = [(f"**Decided?** Half-width of each paired gain's 95 % t interval (points, t(n−1)·sd/√n) under each rule; "
               f"**bold**: within ±{half_width:g}; otherwise, in brackets, the seeds it needs for ±{half_width:g} at the "
               f"sd of its paired differences so far (the smallest m with t(m−1)·sd/√m ≤ {half_width:g})"), "",

@@ -275,3 +275,41 @@ def test_uda_precision_table_says_which_comparisons_are_decided():
     # a looser target decides it; the whole Markdown table carries the section
     assert f"**±{h2:.2f}**" in "\n".join(uda_accuracy.precision_table(records, [pair], ["dann"], half_width=h2 + 0.01))
     assert "**Decided?**" in uda_accuracy.table(records)
+
+
+def test_uda_arm_and_gain_tables_put_every_rule_side_by_side():
+    """The two at-a-glance tables BENCHMARKS quotes: each arm's mean ± std per rule, and each paired gain
+    per rule (mean [t interval] wins/seeds), computed here directly from the per-seed values."""
+    import math
+    import statistics
+
+    import uda_accuracy
+    from scipy import stats
+
+    pair = "mnist10k-to-mnistm_style"
+    src = [0.60, 0.62, 0.61]
+    dann = [0.66, 0.70, 0.65]
+    records = []
+    for seed, (a, b) in enumerate(zip(src, dann)):
+        for method, acc in (("source_only", a), ("dann", b)):
+            rules = {"best_validation": acc, "last": acc - 0.01}
+            if method == "dann":
+                rules["snd"] = acc - 0.02  # a rule only one arm records: "–" for the other, no gain
+            records.append({"pair": pair, "method": method, "cm": False, "seed": seed, "overrides": [], "rules": rules})
+
+    arms = uda_accuracy.arm_table(records, [pair], ["source_only", "dann"])
+    assert arms[2] == "| pair | arm | seeds | source-val | last | SND |"
+    m, s = 100 * statistics.mean(dann), 100 * statistics.stdev(dann)
+    assert f"| {pair} | DANN | 3 | {m:.2f} ± {s:.2f} | {m - 1:.2f} ± {s:.2f} | {m - 2:.2f} ± {s:.2f} |" in arms
+    assert any(line.startswith(f"| {pair} | source only | 3 |") and line.endswith("| – |") for line in arms)
+    assert not any("SuperCM" in line for line in arms[4:])  # no SuperCM runs: no rows for them
+
+    gains = uda_accuracy.gains_table(records, [pair], ["source_only", "dann"])
+    d = [100 * (b - a) for a, b in zip(src, dann)]
+    half = stats.t.ppf(0.975, 2) * statistics.stdev(d) / math.sqrt(3)
+    cell = f"{statistics.mean(d):+.1f} [{statistics.mean(d) - half:+.1f}, {statistics.mean(d) + half:+.1f}] 3/3"
+    assert f"| {pair} | DANN − source only | {cell} | {cell} | – |" in gains
+    assert len([line for line in gains if line.startswith("| mnist")]) == 1  # comparisons without runs are left out
+    text = uda_accuracy.table(records)
+    assert text.index("**Every arm under every rule**") < text.index("**Paired gains under every rule**") < text.index(
+        "**Decided?**")
