@@ -133,12 +133,16 @@ def _key(r: dict) -> tuple:
     return (r["pair"], r["method"], r["cm"], r["seed"], tuple(r["overrides"]))
 
 
-def table(records: list[dict], half_width: float = DECIDED) -> str:
-    from supercm.analysis.compare import paired, summarize
+def _fmt(values: dict) -> str:
+    """An arm's ``{seed: accuracy}`` as "mean ± std" in percent (the mean alone for one seed)."""
+    from supercm.analysis.compare import summarize
 
-    def fmt(values: dict) -> str:
-        s = summarize(values.values())
-        return f"{100 * s.mean:.2f} ± {100 * s.std:.2f}" if s.n > 1 else f"{100 * s.mean:.2f}"
+    s = summarize(values.values())
+    return f"{100 * s.mean:.2f} ± {100 * s.std:.2f}" if s.n > 1 else f"{100 * s.mean:.2f}"
+
+
+def table(records: list[dict], half_width: float = DECIDED) -> str:
+    from supercm.analysis.compare import paired
 
     lines = ["Target test accuracy % (mean ± std over seeds) under each selection rule; gain = + SuperCM − base, "
              "paired by seed (its 95 % interval mean ± t(n−1)·sd/√n, wins/seeds, paired t-test p).", ""]
@@ -155,8 +159,8 @@ def table(records: list[dict], half_width: float = DECIDED) -> str:
                 arms = {cm: _arm(records, pair, method, cm, rule) for cm in (False, True)}
                 if not arms[False] and not arms[True]:
                     continue
-                base = fmt(arms[False]) if arms[False] else "–"
-                cm = fmt(arms[True]) if arms[True] else "–"
+                base = _fmt(arms[False]) if arms[False] else "–"
+                cm = _fmt(arms[True]) if arms[True] else "–"
                 if arms[False] and arms[True]:
                     d = paired(arms[False], arms[True])
                     gain, ci, wins, p = f"{100 * d.gain:+.2f}", _ci(d), f"{d.wins}/{d.n}", f"{d.p_value:.3g}"
@@ -220,8 +224,6 @@ def _rules(records: list[dict]) -> list[tuple[str, str]]:
 def arm_table(records: list[dict], pairs: list[str], methods: list[str]) -> list[str]:
     """Every arm's target test accuracy (mean ± std over its seeds) with the rules side by side: one row
     per pair × method × {without, with SuperCM}."""
-    from supercm.analysis.compare import summarize
-
     rules = _rules(records)
     lines = ["**Every arm under every rule** (target test accuracy %, mean ± std over seeds)", "",
              "| pair | arm | seeds | " + " | ".join(label for _, label in rules) + " |", "|---|---|---|" + "---|" * len(rules)]
@@ -233,11 +235,7 @@ def arm_table(records: list[dict], pairs: list[str], methods: list[str]) -> list
                 if not any(arms):
                     continue
                 rows += 1
-                cells = []
-                for values in arms:
-                    s = summarize(values.values()) if values else None
-                    cells.append("–" if s is None else f"{100 * s.mean:.2f} ± {100 * s.std:.2f}" if s.n > 1
-                                 else f"{100 * s.mean:.2f}")
+                cells = [_fmt(values) if values else "–" for values in arms]
                 seeds = max(len(v) for v in arms)
                 name = LABELS.get(method, method) + (" + SuperCM" if cm else "")
                 lines.append(f"| {pair} | {name} | {seeds} | " + " | ".join(cells) + " |")
