@@ -31,7 +31,9 @@ closes the table: which rule to trust.
 Before it, the **Decided?** table: for each pair and comparison (each adapting method − source only,
 each method + SuperCM − the method) and each rule, the half-width of the paired gain's 95 % t interval
 now, and the seeds it would need to reach ±``--half-width`` points (default 1.5, issue 17's bar) at the
-sd of its paired differences so far: where to add seeds next.
+sd of its paired differences so far: where to add seeds next. After it, **Runs to add**: each arm's
+seeds now, the seeds its comparisons need under every rule (the most of them), and the runs still to
+add, summed per pair: what deciding the whole pair would cost.
 ``--table-only`` rewrites the table from ``--out`` without training.
 
 Finished runs are appended to ``--out`` (JSON lines) at once; a rerun skips them. A killed sweep
@@ -171,6 +173,7 @@ def table(records: list[dict], half_width: float = DECIDED) -> str:
         lines.append("")
     return "\n".join(lines + against_source_only(records, pairs, methods) + arm_table(records, pairs, methods)
                      + gains_table(records, pairs, methods) + precision_table(records, pairs, methods, half_width)
+                     + runs_to_add_table(records, pairs, methods, half_width)
                      + regret_table(records))
 
 
@@ -270,13 +273,34 @@ def gains_table(records: list[dict], pairs: list[str], methods: list[str]) -> li
     return lines + [""] if rows else []
 
 
+def _precision(records: list[dict], pair: str, a: tuple[str, bool], b: tuple[str, bool], rules: list[tuple[str, str]],
+               half_width: float) -> tuple[list[str], list[int | None], set[int]]:
+    """One row of the Decided? table: per rule the half-width cell, the seeds that would reach ±``half_width``
+    at the paired differences' sd so far (None under 2 seeds), and the paired seed counts seen."""
+    from supercm.analysis.compare import paired, seeds_for_half_width
+
+    cells, needed, ns = [], [], set()
+    for rule, _ in rules:
+        d = paired(_arm(records, pair, *a, rule), _arm(records, pair, *b, rule))
+        if d.n < 2:
+            cells.append("–")
+            needed.append(None)
+            continue
+        ns.add(d.n)
+        m = seeds_for_half_width(100 * d.sd, half_width)
+        needed.append(m)
+        if 100 * d.half_width <= half_width:
+            cells.append(f"**±{100 * d.half_width:.2f}**")
+        else:
+            cells.append(f"±{100 * d.half_width:.2f} ({m if m is not None else '> 100000'})")
+    return cells, needed, ns
+
+
 def precision_table(records: list[dict], pairs: list[str], methods: list[str], half_width: float = DECIDED) -> list[str]:
     """Is each comparison decided? Per pair × comparison × rule: the half-width of the paired gain's 95 % t
     interval now, and the seeds it would need to reach ±``half_width`` points at the sd of its paired
     differences so far (:func:`supercm.analysis.compare.seeds_for_half_width`); the last column is the
     seeds at which every rule would reach it."""
-    from supercm.analysis.compare import paired, seeds_for_half_width
-
     rules = _rules(records)
     lines = [(f"**Decided?** Half-width of each paired gain's 95 % t interval (points, t(n−1)·sd/√n) under each rule; "
               f"**bold**: within ±{half_width:g}; otherwise, in brackets, the seeds it needs for ±{half_width:g} at the "
@@ -286,26 +310,53 @@ def precision_table(records: list[dict], pairs: list[str], methods: list[str], h
     rows = 0
     for pair in pairs:
         for label, a, b in comparisons(methods):
-            cells, needed, ns = [], [], set()
-            for rule, _ in rules:
-                d = paired(_arm(records, pair, *a, rule), _arm(records, pair, *b, rule))
-                if d.n < 2:
-                    cells.append("–")
-                    needed.append(None)
-                    continue
-                ns.add(d.n)
-                m = seeds_for_half_width(100 * d.sd, half_width)
-                needed.append(m)
-                if 100 * d.half_width <= half_width:
-                    cells.append(f"**±{100 * d.half_width:.2f}**")
-                else:
-                    cells.append(f"±{100 * d.half_width:.2f} ({m if m is not None else '> 100000'})")
+            cells, needed, ns = _precision(records, pair, a, b, rules, half_width)
             if not ns:
                 continue
             rows += 1
             total = "–" if None in needed else str(max(needed))
             lines.append(f"| {pair} | {label} | {'/'.join(map(str, sorted(ns)))} | " + " | ".join(cells) + f" | {total} |")
     return lines + [""] if rows else []
+
+
+def runs_to_add_table(records: list[dict], pairs: list[str], methods: list[str], half_width: float = DECIDED) -> list[str]:
+    """What deciding every comparison of the Decided? table would cost: each arm must reach the most seeds
+    any of its comparisons needs under every rule (paired by seed, so seeds 0…m−1), and the runs to add are
+    the seeds it lacks; per pair, their sum. An arm in a comparison with fewer than 2 paired seeds (no sd
+    yet) shows "–", and its pair's sum is a lower bound (marked ≥)."""
+    rules = _rules(records)
+    target: dict[tuple[str, tuple[str, bool]], int | None] = {}
+    for pair in pairs:
+        for _, a, b in comparisons(methods):
+            _, needed, ns = _precision(records, pair, a, b, rules, half_width)
+            if not all(any(_arm(records, pair, *x, rule) for rule, _ in rules) for x in (a, b)):
+                continue  # an arm not run: the comparison is not being made (the Decided? table has no row)
+            m = None if (not ns or None in needed) else max(needed)
+            for arm in (a, b):
+                key = (pair, arm)
+                if key not in target or target[key] is not None:
+                    target[key] = None if m is None else max(m, target.get(key) or 0)
+    if not target:
+        return []
+    lines = [(f"**Runs to add** for ±{half_width:g} under every rule at the sd so far: each arm to the most seeds any of "
+              "its comparisons above needs (seeds 0…m−1, paired by seed)"), "",
+             "| pair | arm | seeds | seeds needed | runs to add |", "|---|---|---|---|---|"]
+    for pair in pairs:
+        arms = [(arm, m) for (p, arm), m in target.items() if p == pair]
+        if not arms:
+            continue
+        total, bound = 0, False
+        for (method, cm), m in arms:
+            have = max(len(_arm(records, pair, method, cm, rule)) for rule, _ in rules)
+            name = LABELS.get(method, method) + (" + SuperCM" if cm else "")
+            if m is None:
+                bound = True
+                lines.append(f"| {pair} | {name} | {have} | – | – |")
+                continue
+            total += max(0, m - have)
+            lines.append(f"| {pair} | {name} | {have} | {m} | {max(0, m - have)} |")
+        lines.append(f"| {pair} | every arm | | | {'≥ ' if bound else ''}{total:,} |")
+    return lines + [""]
 
 
 def regret_table(records: list[dict]) -> list[str]:

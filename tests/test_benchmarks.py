@@ -277,6 +277,52 @@ def test_uda_precision_table_says_which_comparisons_are_decided():
     assert "**Decided?**" in uda_accuracy.table(records)
 
 
+def test_uda_runs_to_add_table_costs_deciding_every_comparison():
+    """Each arm must reach the most seeds any of its comparisons needs (under every rule), and the runs
+    to add are the seeds it lacks; a comparison without an sd yet makes its arms "–" and the sum a bound."""
+    import math
+
+    import numpy as np
+    import uda_accuracy
+    from scipy import stats
+
+    pair, other = "mnist10k-to-mnistm_style", "mnist10k-to-mnistm_pool"
+    gains_dann = [0.06, -0.02, 0.04, -0.01, 0.05, 0.00]  # DANN − source only: needs more than 6 seeds for ±1.5
+    gains_cm = [0.05, 0.07, 0.06, 0.05, 0.07, 0.06]  # DANN + SuperCM − DANN: needs 4 (DANN takes the larger)
+    records = []
+
+    def add(p, method, cm, seed, acc):
+        rules = {"best_validation": acc, "last": acc + (0.01 if cm else 0.0)}
+        records.append({"pair": p, "method": method, "cm": cm, "seed": seed, "overrides": [], "rules": rules})
+
+    for seed, (g1, g2) in enumerate(zip(gains_dann, gains_cm)):
+        base = 0.60 + 0.01 * seed
+        add(pair, "source_only", False, seed, base)
+        add(pair, "dann", False, seed, base + g1)
+        add(pair, "dann", True, seed, base + g1 + g2)
+    for seed in range(6, 9):  # extra source-only seeds: counted as had
+        add(pair, "source_only", False, seed, 0.6)
+    add(other, "source_only", False, 0, 0.5)  # one seed: no sd, so no estimate
+    add(other, "dann", False, 0, 0.6)
+
+    def needed(d):
+        sd = 100 * np.std(d, ddof=1)
+        return next(m for m in range(2, 1000) if stats.t.ppf(0.975, m - 1) * sd / math.sqrt(m) <= 1.5)
+
+    m = needed(gains_dann)
+    assert needed(gains_cm) == 4 and m > 9
+    lines = uda_accuracy.runs_to_add_table(records, [pair, other], ["source_only", "dann"])
+    rows = {tuple(c.strip() for c in line.split("|")[1:3]): line for line in lines if line.startswith("| mnist")}
+    assert rows[(pair, "source only")] == f"| {pair} | source only | 9 | {m} | {m - 9} |"
+    assert rows[(pair, "DANN")] == f"| {pair} | DANN | 6 | {m} | {m - 6} |"  # the larger of its two comparisons' needs
+    assert rows[(pair, "DANN + SuperCM")] == f"| {pair} | DANN + SuperCM | 6 | 4 | 0 |"  # more than it needs: 0, not −2
+    assert rows[(pair, "every arm")] == f"| {pair} | every arm | | | {(m - 9) + (m - 6)} |"
+    assert rows[(other, "DANN")] == f"| {other} | DANN | 1 | – | – |"
+    assert rows[(other, "every arm")] == f"| {other} | every arm | | | ≥ 0 |"
+    assert (other, "DANN + SuperCM") not in rows  # an arm never run gets no row
+    assert "**Runs to add**" in uda_accuracy.table(records)
+
+
 def test_uda_arm_and_gain_tables_put_every_rule_side_by_side():
     """The two at-a-glance tables BENCHMARKS quotes: each arm's mean ± std per rule, and each paired gain
     per rule (mean [t interval] wins/seeds), computed here directly from the per-seed values."""
