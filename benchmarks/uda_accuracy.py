@@ -325,19 +325,18 @@ def runs_to_add_table(records: list[dict], pairs: list[str], methods: list[str],
     the seeds it lacks; per pair, their sum. An arm in a comparison with fewer than 2 paired seeds (no sd
     yet) shows "–", and its pair's sum is a lower bound (marked ≥)."""
     rules = _rules(records)
-    target: dict[tuple[str, tuple[str, bool]], int | None] = {}
+    needs: dict[tuple[str, tuple[str, bool]], list[int | None]] = {}  # (pair, arm) -> each comparison's need
     for pair in pairs:
         for _, a, b in comparisons(methods):
-            _, needed, ns = _precision(records, pair, a, b, rules, half_width)
             if not all(any(_arm(records, pair, *x, rule) for rule, _ in rules) for x in (a, b)):
                 continue  # an arm not run: the comparison is not being made (the Decided? table has no row)
+            _, needed, ns = _precision(records, pair, a, b, rules, half_width)
             m = None if (not ns or None in needed) else max(needed)
             for arm in (a, b):
-                key = (pair, arm)
-                if key not in target or target[key] is not None:
-                    target[key] = None if m is None else max(m, target.get(key) or 0)
-    if not target:
+                needs.setdefault((pair, arm), []).append(m)
+    if not needs:
         return []
+    target = {key: None if None in ms else max(ms) for key, ms in needs.items()}
     lines = [(f"**Runs to add** for ±{half_width:g} under every rule at the sd so far: each arm to the most seeds any of "
               "its comparisons above needs (seeds 0…m−1, paired by seed)"), "",
              "| pair | arm | seeds | seeds needed | runs to add |", "|---|---|---|---|---|"]
